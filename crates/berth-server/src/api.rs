@@ -1,0 +1,297 @@
+//! The API front door: hyper HTTP/1.1, AWS JSON 1.1 framing, SigV4, and dispatch to the ECS
+//! handlers. Health and status pages are unauthenticated GETs.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_model::{ApiError, ArnContext, ErrorKind};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+use crate::node::ServerNode;
+use crate::sigv4;
+
+pub const ECS_TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
+const JSON_11: &str = "application/x-amz-json-1.1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every request must carry a valid SigV4 signature from a known access key.
+    SigV4,
+    /// Accept any request (local experiments only; `berth server` warns loudly).
+    None,
+}
+
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub ctx: ArnContext,
+    pub auth: AuthMode,
+    /// access key id -> secret
+    pub keys: Arc<HashMap<String, String>>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+}
+
+/// What a handler needs: the node (writes, reads), the ARN context, the caller.
+pub struct Ctx {
+    pub node: Arc<ServerNode>,
+    pub cfg: ApiConfig,
+}
+
+impl Ctx {
+    pub fn now(&self) -> f64 {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        // Millisecond precision, as ECS sends.
+        (d.as_millis() as f64) / 1000.0
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` turns true, then lets open requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let ctx = ctx.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(handle(ctx, req, peer).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("open API connections did not finish within 10 s"),
+    }
+    Ok(())
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>, rid: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static(JSON_11)),
+    );
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        h.insert("x-amzn-RequestId", v);
+    }
+    r
+}
+
+pub fn error_response(e: &ApiError, rid: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"__type": e.kind.as_str(), "message": e.message});
+    let mut r = respond(
+        e.kind.http_status(),
+        JSON_11,
+        body.to_string().into_bytes(),
+        rid,
+    );
+    if let Ok(v) = HeaderValue::from_str(e.kind.as_str()) {
+        r.headers_mut().insert("x-amzn-ErrorType", v);
+    }
+    r
+}
+
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let rid = request_id();
+    let started = std::time::Instant::now();
+    if req.method() == Method::GET {
+        return match req.uri().path() {
+            "/healthz" => health(&ctx, &rid),
+            "/status" => respond(
+                200,
+                "application/json",
+                serde_json::to_vec(&ctx.node.metrics_json()).unwrap_or_default(),
+                &rid,
+            ),
+            _ => error_response(
+                &ApiError::new(
+                    ErrorKind::UnknownOperationException,
+                    format!("No route for GET {}", req.uri().path()),
+                ),
+                &rid,
+            ),
+        };
+    }
+    let (result, op) = handle_post(&ctx, req).await;
+    let resp = match result {
+        Ok(v) => respond(
+            200,
+            JSON_11,
+            serde_json::to_vec(&v).unwrap_or_default(),
+            &rid,
+        ),
+        Err(e) => {
+            if e.kind == ErrorKind::ServerException {
+                tracing::error!(op = %op, %peer, request_id = %rid, error = %e.message, "request failed");
+            }
+            error_response(&e, &rid)
+        }
+    };
+    tracing::debug!(op = %op, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "api");
+    resp
+}
+
+fn health(ctx: &Ctx, rid: &str) -> Response<Full<Bytes>> {
+    let leader = ctx.node.leader();
+    let body = serde_json::json!({
+        "status": if leader.is_some() { "ok" } else { "no-leader" },
+        "nodeId": ctx.node.id,
+        "leaderId": leader.as_ref().map(|l| l.id),
+        "isLeader": ctx.node.is_leader(),
+        "lastApplied": ctx.node.reader.revision(),
+    });
+    respond(
+        if leader.is_some() { 200 } else { 503 },
+        "application/json",
+        body.to_string().into_bytes(),
+        rid,
+    )
+}
+
+async fn handle_post(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+) -> (Result<serde_json::Value, ApiError>, String) {
+    let (parts, body) = req.into_parts();
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let op = target
+        .strip_prefix(ECS_TARGET_PREFIX)
+        .unwrap_or(&target)
+        .to_string();
+
+    // Bodies over the limit are refused before they are read.
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared {
+        if n > ctx.cfg.body_limit {
+            return (Err(too_large(n, ctx.cfg.body_limit)), op);
+        }
+    }
+    let body = match Limited::new(body, ctx.cfg.body_limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return (
+                    Err(too_large(
+                        declared.unwrap_or(ctx.cfg.body_limit + 1),
+                        ctx.cfg.body_limit,
+                    )),
+                    op,
+                );
+            }
+            return (
+                Err(ApiError::serialization(format!(
+                    "Could not read the request body: {e}"
+                ))),
+                op,
+            );
+        }
+    };
+
+    if !target.starts_with(ECS_TARGET_PREFIX) {
+        let msg = if target.is_empty() {
+            "Missing X-Amz-Target header: this endpoint speaks the ECS JSON 1.1 protocol (X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>).".to_string()
+        } else {
+            format!("Unknown operation target '{target}'.")
+        };
+        return (
+            Err(ApiError::new(ErrorKind::UnknownOperationException, msg)),
+            op,
+        );
+    }
+
+    if ctx.cfg.auth == AuthMode::SigV4 {
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let signed = sigv4::SignedRequest {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &headers,
+            body: &body,
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let keys = ctx.cfg.keys.clone();
+        if let Err(f) = sigv4::verify(&signed, "ecs", now, &|k| keys.get(k).cloned()) {
+            let kind = match f.error_type() {
+                "MissingAuthenticationTokenException" => {
+                    ErrorKind::MissingAuthenticationTokenException
+                }
+                "IncompleteSignatureException" => ErrorKind::IncompleteSignatureException,
+                "UnrecognizedClientException" => ErrorKind::UnrecognizedClientException,
+                _ => ErrorKind::InvalidSignatureException,
+            };
+            return (Err(ApiError::new(kind, f.message())), op);
+        }
+    }
+
+    (crate::ecs::dispatch(ctx, &op, &body).await, op)
+}
+
+fn too_large(n: usize, limit: usize) -> ApiError {
+    ApiError::client(format!(
+        "Request body of {n} bytes is larger than the limit of {limit} bytes."
+    ))
+}

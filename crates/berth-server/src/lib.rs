@@ -1,0 +1,11 @@
+#![forbid(unsafe_code)]
+//! berth-server: the Raft network and node, the ECS API front door, and authentication.
+
+pub mod api;
+pub mod ecs;
+pub mod network;
+pub mod node;
+pub mod sigv4;
+
+pub use api::{ApiConfig, AuthMode};
+pub use node::{NodeConfig, ServerNode};

@@ -1,0 +1,498 @@
+//! One berth server's Raft node: storage, openraft, the server-to-server gRPC services,
+//! bootstrap and join, writes forwarded to the leader and linearizable reads anywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_model::ApiError;
+use berth_proto::raft::cluster_server::{Cluster, ClusterServer};
+use berth_proto::raft::raft_server::{Raft as RaftSvc, RaftServer};
+use berth_proto::raft::{Empty, JoinRequest, Payload, Reply};
+use berth_store::{Command, Node, NodeId, Raft, Request, Response, StateReader, StoreOptions};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tokio::sync::Mutex;
+
+use crate::network::{Channels, NetworkFactory};
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Address the Raft gRPC server binds.
+    pub raft_listen: SocketAddr,
+    /// Address other servers use to reach this one (defaults to `raft_listen`).
+    pub raft_advertise: String,
+    pub fsync: bool,
+    pub cache_capacity: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log before it) every this many applied entries.
+    pub snapshot_every: u64,
+    /// How long a write or read waits for a leader before giving up.
+    pub leader_wait: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, data_dir: PathBuf, raft_listen: SocketAddr) -> Self {
+        NodeConfig {
+            node_id,
+            data_dir,
+            raft_listen,
+            raft_advertise: raft_listen.to_string(),
+            fsync: true,
+            cache_capacity: 32 << 20,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 5000,
+            leader_wait: Duration::from_secs(15),
+        }
+    }
+}
+
+pub struct ServerNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub reader: StateReader,
+    pub db: sled::Db,
+    pub advertise: String,
+    channels: Channels,
+    membership_lock: Mutex<()>,
+    leader_wait: Duration,
+}
+
+fn server_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::server(format!("internal error: {e}"))
+}
+
+/// The leader as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderInfo {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+impl ServerNode {
+    /// Opens the store, starts openraft and the gRPC server. Does not bootstrap or join.
+    pub async fn start(
+        cfg: NodeConfig,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let opened = berth_store::open(
+            &cfg.data_dir,
+            &StoreOptions {
+                fsync: cfg.fsync,
+                cache_capacity: cfg.cache_capacity,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let raft_config = openraft::Config {
+            cluster_name: "berth".into(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("raft config: {e}"))?,
+        );
+        let channels = Channels::default();
+        let raft = Raft::new(
+            cfg.node_id,
+            raft_config,
+            NetworkFactory {
+                channels: channels.clone(),
+            },
+            opened.log_store,
+            opened.state_machine,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("start raft: {e}"))?;
+        let node = Arc::new(ServerNode {
+            id: cfg.node_id,
+            raft,
+            reader: opened.reader,
+            db: opened.db,
+            advertise: cfg.raft_advertise.clone(),
+            channels,
+            membership_lock: Mutex::new(()),
+            leader_wait: cfg.leader_wait,
+        });
+
+        let listener = tokio::net::TcpListener::bind(cfg.raft_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("bind raft address {}: {e}", cfg.raft_listen))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let svc = GrpcService { node: node.clone() };
+        let mut shutdown = shutdown;
+        tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(
+                    RaftServer::new(svc.clone())
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                )
+                .add_service(
+                    ClusterServer::new(svc)
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                )
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "raft gRPC server stopped");
+            }
+        });
+        Ok(node)
+    }
+
+    /// First start of the first server: become a one-node cluster. Later starts: nothing to do.
+    /// With `join`, ask that member to add this node (retrying until it answers).
+    pub async fn bootstrap_or_join(self: &Arc<Self>, join: Option<String>) -> anyhow::Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if initialized {
+            tracing::info!(node_id = self.id, "restarting with existing cluster state");
+            self.elect_if_alone().await;
+            return Ok(());
+        }
+        match join {
+            None => {
+                let mut members = BTreeMap::new();
+                members.insert(
+                    self.id,
+                    Node {
+                        addr: self.advertise.clone(),
+                    },
+                );
+                self.raft
+                    .initialize(members)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+                tracing::info!(node_id = self.id, "bootstrapped a new cluster");
+                Ok(())
+            }
+            Some(addr) => {
+                let node = self.clone();
+                tokio::spawn(async move { node.join_loop(addr).await });
+                Ok(())
+            }
+        }
+    }
+
+    async fn elect_if_alone(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if voters == vec![self.id] {
+            let _ = self.raft.trigger().elect().await;
+        }
+    }
+
+    async fn join_loop(self: Arc<Self>, addr: String) {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let res = async {
+                let mut client = self.channels.cluster(&addr).map_err(|e| e.to_string())?;
+                let reply = client
+                    .join(JoinRequest {
+                        node_id: self.id,
+                        raft_addr: self.advertise.clone(),
+                    })
+                    .await
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+                    .into_inner();
+                if reply.error.is_empty() {
+                    Ok(())
+                } else {
+                    Err(reply.error)
+                }
+            }
+            .await;
+            match res {
+                Ok(()) => {
+                    tracing::info!(node_id = self.id, via = %addr, "joined the cluster as a voter");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(node_id = self.id, via = %addr, attempt, error = %e, "join failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some(LeaderInfo { id, addr })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Proposes a command and returns its result, wherever the leader is.
+    pub async fn write(&self, command: Command) -> Result<Response, ApiError> {
+        let req = Request::new(command);
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            let leader = match self.raft.client_write(req.clone()).await {
+                Ok(r) => return Ok(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    f.leader_node.map(|n| LeaderInfo {
+                        id: f.leader_id.unwrap_or_default(),
+                        addr: n.addr,
+                    })
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(server_err(e))
+                }
+                Err(RaftError::Fatal(e)) => return Err(server_err(e)),
+            };
+            if let Some(leader) = leader {
+                match self.forward(&leader.addr, &req).await {
+                    Ok(Some(resp)) => return Ok(resp),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(leader = %leader.addr, error = %e, "forward failed; retrying")
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::server("No leader is available to accept writes; the cluster may have lost its quorum. Retry later."));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ok(None) when the callee is not (or no longer) the leader.
+    async fn forward(&self, addr: &str, req: &Request) -> Result<Option<Response>, String> {
+        let mut client = self.channels.cluster(addr).map_err(|e| e.to_string())?;
+        let data = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        let reply = client
+            .forward(Payload { data })
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        if !reply.error.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&reply.data)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Returns once this node's state reflects every write acknowledged before the call
+    /// (a linearizable read barrier): the leader confirms its leadership with a quorum,
+    /// followers ask the leader for that read index and wait until they applied it.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            if self.is_leader() {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => tracing::debug!(error = %e, "leader read barrier failed; retrying"),
+                }
+            } else if let Some(leader) = self.leader() {
+                match self.read_index(&leader.addr).await {
+                    Ok(Some(index)) => {
+                        let remaining =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        if tokio::time::timeout(remaining, self.reader.wait_for(index))
+                            .await
+                            .is_ok()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(leader = %leader.addr, error = %e, "read index failed; retrying")
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::server("No leader is available to serve a consistent read; the cluster may have lost its quorum. Retry later."));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn read_index(&self, addr: &str) -> Result<Option<u64>, String> {
+        let mut client = self.channels.cluster(addr).map_err(|e| e.to_string())?;
+        let reply = client
+            .read_index(Empty {})
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .into_inner();
+        if !reply.error.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&reply.data)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Adds `id` as a learner, waits for it to catch up, then promotes it to voter.
+    /// Runs on the leader; membership changes are serialized.
+    async fn add_member(&self, id: NodeId, addr: String) -> Result<(), String> {
+        let _guard = self.membership_lock.lock().await;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            if membership.get_node(&id).map(|n| n.addr.as_str()) == Some(addr.as_str()) {
+                return Ok(());
+            }
+            return Err(format!("node id {id} is already a voter at another address; node ids must be unique and never reused"));
+        }
+        self.raft
+            .add_learner(id, Node { addr: addr.clone() }, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut voters: BTreeSet<NodeId> = BTreeSet::new();
+        voters.insert(id);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(node_id = id, %addr, "added a voter");
+        Ok(())
+    }
+
+    pub fn metrics_json(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        serde_json::to_value(&m).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[derive(Clone)]
+struct GrpcService {
+    node: Arc<ServerNode>,
+}
+
+fn reply_json<T: serde::Serialize>(v: &T) -> Result<tonic::Response<Reply>, tonic::Status> {
+    let data = serde_json::to_vec(v).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(Reply {
+        data,
+        ..Default::default()
+    }))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(p: &Payload) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&p.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad payload: {e}")))
+}
+
+impl GrpcService {
+    fn not_leader(&self, error: &str) -> tonic::Response<Reply> {
+        let leader = self.node.leader();
+        tonic::Response::new(Reply {
+            data: vec![],
+            error: error.to_string(),
+            leader_id: leader.as_ref().map(|l| l.id).unwrap_or(0),
+            leader_addr: leader.map(|l| l.addr).unwrap_or_default(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RaftSvc for GrpcService {
+    async fn append_entries(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let rpc = decode(req.get_ref())?;
+        reply_json(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let rpc = decode(req.get_ref())?;
+        reply_json(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let rpc = decode(req.get_ref())?;
+        reply_json(&self.node.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for GrpcService {
+    async fn join(
+        &self,
+        req: tonic::Request<JoinRequest>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let JoinRequest { node_id, raft_addr } = req.into_inner();
+        if !self.node.is_leader() {
+            // Relay to the leader so a joining node may name any member.
+            let Some(leader) = self.node.leader() else {
+                return Ok(self.not_leader("no leader is known yet; retry"));
+            };
+            let mut client = self
+                .node
+                .channels
+                .cluster(&leader.addr)
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            return client.join(JoinRequest { node_id, raft_addr }).await;
+        }
+        match self.node.add_member(node_id, raft_addr).await {
+            Ok(()) => Ok(tonic::Response::new(Reply::default())),
+            Err(e) => Ok(self.not_leader(&e)),
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let request: Request = decode(req.get_ref())?;
+        match self.node.raft.client_write(request).await {
+            Ok(r) => reply_json(&r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Ok(self.not_leader("not the leader"))
+            }
+            Err(e) => Err(tonic::Status::internal(e.to_string())),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        _req: tonic::Request<Empty>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        match self.node.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => reply_json(&read_log_id.map(|l| l.index).unwrap_or(0)),
+            Err(_) => Ok(self.not_leader("not the leader")),
+        }
+    }
+}

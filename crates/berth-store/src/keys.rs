@@ -1,0 +1,97 @@
+//! Key layout of the state-machine tree. Binary keys with 0x00 separators so that
+//! byte order equals the order ECS lists things in (family lexicographic, then revision).
+
+pub const CLUSTER: &[u8] = b"c\0";
+pub const TASK_DEF: &[u8] = b"td\0";
+pub const FAMILY: &[u8] = b"tf\0";
+pub const TAGS: &[u8] = b"tag\0";
+pub const REVISION: &[u8] = b"rev\0";
+pub const META_LAST_APPLIED: &[u8] = b"m\0last_applied";
+pub const META_MEMBERSHIP: &[u8] = b"m\0membership";
+
+fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    k.extend_from_slice(prefix);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn cluster(name: &str) -> Vec<u8> {
+    join(CLUSTER, &[name.as_bytes()])
+}
+
+/// All revisions of one family: `td\0{family}\0`.
+pub fn task_def_family_prefix(family: &str) -> Vec<u8> {
+    let mut k = join(TASK_DEF, &[family.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn task_def(family: &str, revision: u32) -> Vec<u8> {
+    let mut k = task_def_family_prefix(family);
+    k.extend_from_slice(&revision.to_be_bytes());
+    k
+}
+
+/// Splits a task-definition key back into (family, revision).
+pub fn parse_task_def(key: &[u8]) -> Option<(String, u32)> {
+    let rest = key.strip_prefix(TASK_DEF)?;
+    if rest.len() < 5 {
+        return None;
+    }
+    let (fam, rev) = rest.split_at(rest.len() - 4);
+    let fam = fam.strip_suffix(&[0])?;
+    let rev = u32::from_be_bytes(rev.try_into().ok()?);
+    Some((String::from_utf8(fam.to_vec()).ok()?, rev))
+}
+
+pub fn family(name: &str) -> Vec<u8> {
+    join(FAMILY, &[name.as_bytes()])
+}
+
+pub fn tags(arn: &str) -> Vec<u8> {
+    join(TAGS, &[arn.as_bytes()])
+}
+
+pub fn revision(index: u64) -> Vec<u8> {
+    let mut k = REVISION.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_def_keys_sort_by_family_then_revision() {
+        let mut keys = vec![
+            task_def("auth-x", 1),
+            task_def("auth", 10),
+            task_def("auth", 2),
+            task_def("auth_", 1),
+        ];
+        keys.sort();
+        let parsed: Vec<_> = keys.iter().map(|k| parse_task_def(k).unwrap()).collect();
+        assert_eq!(
+            parsed,
+            vec![
+                ("auth".to_string(), 2),
+                ("auth".to_string(), 10),
+                ("auth-x".to_string(), 1),
+                ("auth_".to_string(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn revision_keys_sort_numerically() {
+        assert!(revision(9) < revision(10));
+        assert!(revision(255) < revision(256));
+    }
+}

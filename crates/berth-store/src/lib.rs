@@ -1,0 +1,262 @@
+#![forbid(unsafe_code)]
+//! berth-store: the replicated state of a berth cluster.
+//!
+//! * [`command`]: versioned commands and the deterministic [`command::apply`].
+//! * [`log_store`] / [`state_machine`]: openraft's storage traits over sled.
+//! * [`StateReader`]: consistent reads of applied state, and a revision watch.
+
+pub mod command;
+pub mod keys;
+pub mod log_store;
+pub mod state_machine;
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_model::{Cluster, Tag, TaskDefinition};
+use tokio::sync::watch;
+
+pub use command::{
+    Change, Command, FamilyMeta, Request, Response, StoreError, TagTarget, COMMAND_VERSION,
+};
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of berth.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Storage tuning.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// fsync every log append (the default). Off only for benchmarks that say so.
+    pub fsync: bool,
+    /// sled page-cache cap in bytes (sled treats it as a hint; keep it small).
+    pub cache_capacity: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            fsync: true,
+            cache_capacity: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything a server needs from its data dir.
+pub struct OpenedStore {
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: StateReader,
+    pub db: sled::Db,
+}
+
+/// Opens (or creates) the store under `dir`.
+pub fn open(dir: &Path, opts: &StoreOptions) -> Result<OpenedStore, anyhow_lite::Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow_lite::Error(format!("create {}: {e}", dir.display())))?;
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .cache_capacity(opts.cache_capacity)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| anyhow_lite::Error(format!("open sled store in {}: {e}", dir.display())))?;
+    let (tx, rx) = watch::channel(0u64);
+    let tx = Arc::new(tx);
+    let log_store =
+        LogStore::open(&db, opts.fsync).map_err(|e| anyhow_lite::Error(e.to_string()))?;
+    let state_machine =
+        StateMachine::open(&db, tx.clone()).map_err(|e| anyhow_lite::Error(e.to_string()))?;
+    let sm_tree = db
+        .open_tree("state")
+        .map_err(|e| anyhow_lite::Error(e.to_string()))?;
+    let reader = StateReader {
+        sm: sm_tree,
+        applied: rx,
+        _tx: tx,
+    };
+    Ok(OpenedStore {
+        log_store,
+        state_machine,
+        reader,
+        db,
+    })
+}
+
+/// A tiny string error so this crate needs no anyhow.
+pub mod anyhow_lite {
+    #[derive(Debug)]
+    pub struct Error(pub String);
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Error {}
+}
+
+/// The changes one revision made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionChanges {
+    pub revision: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Watchers asked for revisions older than the ones still kept.
+#[derive(Debug, thiserror::Error)]
+#[error("revision {asked} is compacted; the oldest kept revision is {oldest}; re-list and watch from the current revision")]
+pub struct Compacted {
+    pub asked: u64,
+    pub oldest: u64,
+}
+
+/// Read access to the applied state. Cheap to clone. Reads see whole commands only.
+#[derive(Clone)]
+pub struct StateReader {
+    sm: sled::Tree,
+    applied: watch::Receiver<u64>,
+    _tx: Arc<watch::Sender<u64>>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        source,
+    })
+}
+
+impl StateReader {
+    /// The last applied log index (the current revision).
+    pub fn revision(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the state has applied at least `revision`.
+    pub async fn wait_for(&self, revision: u64) {
+        let mut rx = self.applied.clone();
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    /// A receiver that changes whenever a revision is applied.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.sm.get(key)? {
+            None => Ok(None),
+            Some(v) => decode(key, &v).map(Some),
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
+        self.get(&keys::cluster(name))
+    }
+
+    /// All clusters (any status), ordered by name.
+    pub fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
+        self.sm
+            .scan_prefix(keys::CLUSTER)
+            .map(|r| {
+                let (k, v) = r?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn task_definition(
+        &self,
+        family: &str,
+        revision: u32,
+    ) -> Result<Option<TaskDefinition>, StoreError> {
+        self.get(&keys::task_def(family, revision))
+    }
+
+    /// The newest ACTIVE revision of a family.
+    pub fn latest_active(&self, family: &str) -> Result<Option<TaskDefinition>, StoreError> {
+        for r in self
+            .sm
+            .scan_prefix(keys::task_def_family_prefix(family))
+            .rev()
+        {
+            let (k, v) = r?;
+            let td: TaskDefinition = decode(&k, &v)?;
+            if td.status.as_deref() == Some("ACTIVE") {
+                return Ok(Some(td));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Task definitions of one family (or all, with `None`), family then revision ascending.
+    pub fn task_definitions(
+        &self,
+        family: Option<&str>,
+    ) -> impl DoubleEndedIterator<Item = Result<TaskDefinition, StoreError>> + '_ {
+        let prefix = match family {
+            Some(f) => keys::task_def_family_prefix(f),
+            None => keys::TASK_DEF.to_vec(),
+        };
+        self.sm.scan_prefix(prefix).map(|r| {
+            let (k, v) = r?;
+            decode(&k, &v)
+        })
+    }
+
+    /// Every family ever registered (revisions are never reused, so families never vanish).
+    pub fn families(&self) -> Result<Vec<String>, StoreError> {
+        self.sm
+            .scan_prefix(keys::FAMILY)
+            .map(|r| {
+                let (k, _) = r?;
+                Ok(String::from_utf8_lossy(&k[keys::FAMILY.len()..]).into_owned())
+            })
+            .collect()
+    }
+
+    pub fn tags(&self, arn: &str) -> Result<Vec<Tag>, StoreError> {
+        Ok(self.get(&keys::tags(arn))?.unwrap_or_default())
+    }
+
+    /// The changes of every revision after `after`, oldest first.
+    pub fn changes_since(
+        &self,
+        after: u64,
+    ) -> Result<Result<Vec<RevisionChanges>, Compacted>, StoreError> {
+        let current = self.revision();
+        let oldest_kept = current.saturating_sub(state_machine::CHANGES_KEPT) + 1;
+        if after + 1 < oldest_kept {
+            return Ok(Err(Compacted {
+                asked: after,
+                oldest: oldest_kept,
+            }));
+        }
+        let mut out = Vec::new();
+        for r in self
+            .sm
+            .range(keys::revision(after + 1)..keys::revision(u64::MAX))
+        {
+            let (k, v) = r?;
+            if !k.starts_with(keys::REVISION) {
+                break;
+            }
+            let revision =
+                u64::from_be_bytes(k[keys::REVISION.len()..].try_into().unwrap_or([0; 8]));
+            out.push(RevisionChanges {
+                revision,
+                changes: decode(&k, &v)?,
+            });
+        }
+        Ok(Ok(out))
+    }
+}

@@ -1,0 +1,229 @@
+//! Server configuration: one struct, read from a TOML file, then environment (`BERTH_…`),
+//! then flags; validated once, reporting every mistake together.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub api_addr: String,
+    pub raft_addr: String,
+    /// Address peers use to reach this server's Raft port (default: raft-addr).
+    pub advertise_raft_addr: Option<String>,
+    pub join: Option<String>,
+    pub region: String,
+    pub account_id: String,
+    /// "AKID:SECRET" entries.
+    pub access_keys: Vec<String>,
+    pub auth: String,
+    pub fsync: bool,
+    pub body_limit: usize,
+    pub cache_capacity_mb: u64,
+    pub snapshot_every: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("/var/lib/berth"),
+            api_addr: "127.0.0.1:7700".into(),
+            raft_addr: "127.0.0.1:7701".into(),
+            advertise_raft_addr: None,
+            join: None,
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+            access_keys: vec![],
+            auth: "sigv4".into(),
+            fsync: true,
+            body_limit: 1 << 20,
+            cache_capacity_mb: 32,
+            snapshot_every: 5000,
+            heartbeat_ms: 100,
+            election_timeout_ms: 500,
+        }
+    }
+}
+
+/// A validated configuration, ready to start a server.
+#[derive(Debug, Clone)]
+pub struct Valid {
+    pub cfg: ServerConfig,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub keys: HashMap<String, String>,
+}
+
+impl ServerConfig {
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks everything and reports every problem, not just the first.
+    pub fn validate(self) -> Result<Valid, Vec<String>> {
+        let mut errs = Vec::new();
+        if self.node_id == 0 {
+            errs.push("node-id must be a positive integer (0 is reserved)".to_string());
+        }
+        let api_addr = self
+            .api_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| errs.push(format!("api-addr '{}': {e}", self.api_addr)))
+            .ok();
+        let raft_addr = self
+            .raft_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| errs.push(format!("raft-addr '{}': {e}", self.raft_addr)))
+            .ok();
+        if let (Some(a), Some(r)) = (api_addr, raft_addr) {
+            if a == r {
+                errs.push(format!(
+                    "api-addr and raft-addr are both {a}; they must differ"
+                ));
+            }
+        }
+        if let Some(j) = &self.join {
+            if !j.contains(':') {
+                errs.push(format!(
+                    "join '{j}' must be HOST:PORT of a member's raft address"
+                ));
+            }
+        }
+        if self.region.is_empty()
+            || !self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            errs.push(format!(
+                "region '{}' must be letters, digits and hyphens, like us-east-1",
+                self.region
+            ));
+        }
+        if self.account_id.len() != 12 || !self.account_id.chars().all(|c| c.is_ascii_digit()) {
+            errs.push(format!(
+                "account-id '{}' must be exactly 12 digits",
+                self.account_id
+            ));
+        }
+        let mut keys = HashMap::new();
+        for k in &self.access_keys {
+            match k.split_once(':') {
+                Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+                    keys.insert(id.to_string(), secret.to_string());
+                }
+                _ => errs.push(format!(
+                    "access key '{}' must be ACCESS_KEY_ID:SECRET",
+                    redact(k)
+                )),
+            }
+        }
+        match self.auth.as_str() {
+            "sigv4" => {
+                if keys.is_empty() {
+                    errs.push("auth is sigv4 but no access key is configured: pass --access-key AKID:SECRET (or BERTH_ACCESS_KEYS, or access-keys in the config file)".into());
+                }
+            }
+            "none" => {}
+            other => errs.push(format!("auth '{other}' must be sigv4 or none")),
+        }
+        if self.body_limit < 1024 {
+            errs.push(format!(
+                "body-limit {} is too small (at least 1024 bytes)",
+                self.body_limit
+            ));
+        }
+        if self.snapshot_every < 10 {
+            errs.push(format!(
+                "snapshot-every {} is too small (at least 10)",
+                self.snapshot_every
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
+            errs.push(format!(
+                "election-timeout-ms ({}) must be at least 3 x heartbeat-ms ({})",
+                self.election_timeout_ms, self.heartbeat_ms
+            ));
+        }
+        if errs.is_empty() {
+            Ok(Valid {
+                api_addr: api_addr.unwrap_or_else(|| unreachable_addr()),
+                raft_addr: raft_addr.unwrap_or_else(|| unreachable_addr()),
+                keys,
+                cfg: self,
+            })
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+fn unreachable_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn redact(k: &str) -> String {
+    match k.split_once(':') {
+        Some((id, _)) => format!("{id}:****"),
+        None => k.chars().take(4).collect::<String>() + "…",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_mistake_at_once() {
+        let cfg = ServerConfig {
+            node_id: 0,
+            api_addr: "nope".into(),
+            account_id: "12".into(),
+            access_keys: vec!["broken".into()],
+            ..Default::default()
+        };
+        let errs = cfg.validate().unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("node-id")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("api-addr 'nope'")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("account-id '12'")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("brok")), "{errs:?}");
+        assert!(
+            !errs.iter().any(|e| e.contains("broken")),
+            "secrets must not be echoed: {errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_with_an_unknown_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "node-id = 2\nnode_idd = 3\n").unwrap();
+        let e = ServerConfig::from_file(&p).unwrap_err();
+        assert!(e.contains("node_idd"), "{e}");
+    }
+
+    #[test]
+    fn defaults_with_a_key_are_valid() {
+        let cfg = ServerConfig {
+            access_keys: vec!["AKID:secret".into()],
+            ..Default::default()
+        };
+        let v = cfg.validate().unwrap();
+        assert_eq!(v.keys.get("AKID").map(String::as_str), Some("secret"));
+    }
+}

@@ -1,0 +1,315 @@
+#![forbid(unsafe_code)]
+//! berth: a self-hosted Amazon ECS in one binary.
+
+mod awsprofile;
+mod bench;
+mod config;
+mod dev;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use berth_model::ArnContext;
+use berth_server::{ApiConfig, AuthMode, NodeConfig, ServerNode};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A self-hosted Amazon ECS: servers, agents and a load balancer in one binary."
+)]
+struct Cli {
+    /// Log format: human or json. The filter comes from RUST_LOG (default: info).
+    #[arg(long, global = true, env = "BERTH_LOG_FORMAT", default_value = "human")]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a server: Raft-replicated state and the ECS-compatible API.
+    Server(ServerArgs),
+    /// Run a container agent on this machine (arrives with the agent issue).
+    Agent,
+    /// One process, one machine, zero setup: a single-node cluster with the API.
+    Dev(dev::DevArgs),
+    /// Print the version.
+    Version,
+    /// Check a server config file and report every mistake.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Whole-system benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+/// Every flag also reads BERTH_<NAME>; flags and env override the config file.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServerArgs {
+    /// TOML config file (keys as the long flag names, e.g. node-id = 1).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// This server's Raft node id: unique in the cluster, never reused.
+    #[arg(long, env = "BERTH_NODE_ID")]
+    node_id: Option<u64>,
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// ECS API listen address (default 127.0.0.1:7700).
+    #[arg(long, env = "BERTH_API_ADDR")]
+    api_addr: Option<String>,
+    /// Raft gRPC listen address (default 127.0.0.1:7701).
+    #[arg(long, env = "BERTH_RAFT_ADDR")]
+    raft_addr: Option<String>,
+    /// Address other servers reach this one's Raft port at (default: --raft-addr).
+    #[arg(long, env = "BERTH_ADVERTISE_RAFT_ADDR")]
+    advertise_raft_addr: Option<String>,
+    /// Raft address of any existing member to join through (first start only).
+    #[arg(long, env = "BERTH_JOIN")]
+    join: Option<String>,
+    /// Region used in ARNs.
+    #[arg(long, env = "BERTH_REGION")]
+    region: Option<String>,
+    /// 12-digit account id used in ARNs.
+    #[arg(long, env = "BERTH_ACCOUNT_ID")]
+    account_id: Option<String>,
+    /// Access key as ACCESS_KEY_ID:SECRET; repeatable (env: comma-separated).
+    #[arg(long = "access-key", env = "BERTH_ACCESS_KEYS", value_delimiter = ',')]
+    access_keys: Vec<String>,
+    /// sigv4 (default) or none.
+    #[arg(long, env = "BERTH_AUTH")]
+    auth: Option<String>,
+    /// fsync every Raft log append (default true).
+    #[arg(long, env = "BERTH_FSYNC")]
+    fsync: Option<bool>,
+    #[arg(long, env = "BERTH_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    #[arg(long, env = "BERTH_BODY_LIMIT")]
+    body_limit: Option<usize>,
+}
+
+impl ServerArgs {
+    pub fn into_config(self) -> Result<config::ServerConfig, String> {
+        let mut c = match &self.config {
+            Some(p) => config::ServerConfig::from_file(p)?,
+            None => config::ServerConfig::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        over!(
+            node_id,
+            data_dir,
+            api_addr,
+            raft_addr,
+            region,
+            account_id,
+            auth,
+            fsync,
+            snapshot_every,
+            body_limit
+        );
+        if self.advertise_raft_addr.is_some() {
+            c.advertise_raft_addr = self.advertise_raft_addr;
+        }
+        if self.join.is_some() {
+            c.join = self.join;
+        }
+        if !self.access_keys.is_empty() {
+            c.access_keys = self.access_keys;
+        }
+        Ok(c)
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Version => {
+            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            return std::process::ExitCode::SUCCESS;
+        }
+        Cmd::Agent => {
+            eprintln!("berth agent: not available yet in this build — container instances arrive with the agent work. Use `berth server` or `berth dev` for now.");
+            return std::process::ExitCode::from(2);
+        }
+        Cmd::Validate { config } => {
+            return match config::ServerConfig::from_file(&config)
+                .map_err(|e| vec![e])
+                .and_then(|c| c.validate())
+            {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(errs) => {
+                    eprintln!("{}: {} problem(s):", config.display(), errs.len());
+                    for e in errs {
+                        eprintln!("  - {e}");
+                    }
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
+    if cli.log_format != "human" && cli.log_format != "json" {
+        eprintln!(
+            "berth: --log-format must be human or json, not '{}'",
+            cli.log_format
+        );
+        return std::process::ExitCode::from(2);
+    }
+    init_logging(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Server(args) => run_server_cmd(args, started).await,
+            Cmd::Dev(args) => dev::run(args, started).await,
+            Cmd::Bench { what } => bench::run(what).await,
+            _ => Ok(()),
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server_cmd(args: ServerArgs, started: Instant) -> anyhow::Result<()> {
+    let cfg = args.into_config().map_err(|e| anyhow::anyhow!(e))?;
+    let valid = cfg
+        .validate()
+        .map_err(|errs| anyhow::anyhow!("invalid configuration:\n  - {}", errs.join("\n  - ")))?;
+    let running = start_server(valid, started).await?;
+    running.wait_for_signal().await
+}
+
+/// A started server: node, API, and the shutdown switch.
+pub struct Running {
+    pub node: Arc<ServerNode>,
+    pub api_addr: std::net::SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    api_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn wait_for_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("install SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        self.stop().await
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        match tokio::time::timeout(std::time::Duration::from_secs(15), self.api_task).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => tracing::warn!(error = %e, "API task failed"),
+            Err(_) => tracing::warn!("API did not stop within 15 s"),
+        }
+        let _ = self.node.raft.shutdown().await;
+        self.node
+            .db
+            .flush_async()
+            .await
+            .context("flush the store")?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Result<Running> {
+    let cfg = &valid.cfg;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.clone(), valid.raft_addr);
+    ncfg.raft_advertise = cfg
+        .advertise_raft_addr
+        .clone()
+        .unwrap_or_else(|| cfg.raft_addr.clone());
+    ncfg.fsync = cfg.fsync;
+    ncfg.cache_capacity = cfg.cache_capacity_mb << 20;
+    ncfg.snapshot_every = cfg.snapshot_every;
+    ncfg.heartbeat_ms = cfg.heartbeat_ms;
+    ncfg.election_timeout_min_ms = cfg.election_timeout_ms;
+    ncfg.election_timeout_max_ms = cfg.election_timeout_ms * 2;
+    if !cfg.fsync {
+        tracing::warn!("fsync is OFF: acknowledged writes can be lost on power failure");
+    }
+    let node = ServerNode::start(ncfg, shutdown_rx.clone())
+        .await
+        .with_context(|| format!("start node in {}", cfg.data_dir.display()))?;
+    node.bootstrap_or_join(cfg.join.clone()).await?;
+
+    let auth = if cfg.auth == "none" {
+        tracing::warn!("authentication is OFF (--auth none): anyone who can reach the API can change the cluster");
+        AuthMode::None
+    } else {
+        AuthMode::SigV4
+    };
+    let api_cfg = ApiConfig {
+        ctx: ArnContext::new(cfg.region.clone(), cfg.account_id.clone()),
+        auth,
+        keys: Arc::new(valid.keys.clone()),
+        body_limit: cfg.body_limit,
+    };
+    let listener = tokio::net::TcpListener::bind(valid.api_addr)
+        .await
+        .with_context(|| format!("bind API address {}", valid.api_addr))?;
+    let api_addr = listener.local_addr()?;
+    let ctx = Arc::new(berth_server::api::Ctx {
+        node: node.clone(),
+        cfg: api_cfg,
+    });
+    let api_task = tokio::spawn(berth_server::api::serve(listener, ctx, shutdown_rx));
+    tracing::info!(
+        node_id = cfg.node_id,
+        api = %format!("http://{api_addr}"),
+        raft = %valid.raft_addr,
+        startup_ms = started.elapsed().as_secs_f64() * 1e3,
+        "berth server listening"
+    );
+    Ok(Running {
+        node,
+        api_addr,
+        shutdown: shutdown_tx,
+        api_task,
+    })
+}
