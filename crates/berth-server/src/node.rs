@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log before it) every this many applied entries.
     pub snapshot_every: u64,
+    /// Log entries kept behind the latest snapshot (for followers that lag a little).
+    pub logs_kept_after_snapshot: u64,
     /// How long a write or read waits for a leader before giving up.
     pub leader_wait: Duration,
 }
@@ -50,6 +52,7 @@ impl NodeConfig {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every: 5000,
+            logs_kept_after_snapshot: 1000,
             leader_wait: Duration::from_secs(15),
         }
     }
@@ -99,7 +102,7 @@ impl ServerNode {
             election_timeout_max: cfg.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
             ..Default::default()
         };
         let raft_config = Arc::new(

@@ -486,3 +486,368 @@ fn check_tag_target<R: KvRead + ?Sized>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_model::{validate_register, RegisterTaskDefinitionRequest};
+
+    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn ctx() -> ArnContext {
+        ArnContext::new("us-east-1", "123456789012")
+    }
+
+    /// Applies like the state machine does: commit staged writes only on success.
+    fn run(state: &mut Map, cmd: Command) -> Response {
+        let (resp, writes) = {
+            let mut st = Staged::new(&*state);
+            let resp = apply(&mut st, &cmd).unwrap();
+            (resp, st.writes)
+        };
+        if !matches!(resp, Response::Error { .. }) {
+            for (k, v) in writes {
+                match v {
+                    Some(v) => state.insert(k, v),
+                    None => state.remove(&k),
+                };
+            }
+        }
+        resp
+    }
+
+    fn cluster(name: &str) -> Command {
+        Command::CreateCluster {
+            cluster: Cluster {
+                cluster_arn: Some(ctx().cluster(name)),
+                cluster_name: Some(name.into()),
+                status: Some("ACTIVE".into()),
+                ..Default::default()
+            },
+            tags: vec![Tag {
+                key: "env".into(),
+                value: "dev".into(),
+            }],
+        }
+    }
+
+    fn register(family: &str) -> Command {
+        let req: RegisterTaskDefinitionRequest = serde_json::from_value(serde_json::json!({
+            "family": family,
+            "containerDefinitions": [{"name": "app", "image": "busybox", "memory": 64}]
+        }))
+        .unwrap();
+        Command::RegisterTaskDefinition {
+            ctx: ctx(),
+            spec: validate_register(req).unwrap(),
+            registered_at: 1700000000.5,
+            registered_by: "arn:aws:iam::123456789012:root".into(),
+        }
+    }
+
+    fn revision_of(r: &Response) -> u32 {
+        match r {
+            Response::TaskDefinition {
+                task_definition, ..
+            } => task_definition.revision,
+            other => panic!("expected a task definition, got {other:?}"),
+        }
+    }
+
+    fn error_of(r: &Response) -> &ApiError {
+        match r {
+            Response::Error { error } => error,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_cluster_is_idempotent_and_keeps_the_first_tags() {
+        let mut s = Map::new();
+        run(&mut s, cluster("a"));
+        let again = Command::CreateCluster {
+            cluster: Cluster {
+                cluster_name: Some("a".into()),
+                status: Some("ACTIVE".into()),
+                ..Default::default()
+            },
+            tags: vec![],
+        };
+        match run(&mut s, again) {
+            Response::Cluster { cluster } => assert_eq!(
+                cluster.cluster_arn.as_deref(),
+                Some(ctx().cluster("a").as_str())
+            ),
+            other => panic!("{other:?}"),
+        }
+        let tags: Vec<Tag> = Staged::new(&s)
+            .get_json(&keys::tags(&ctx().cluster("a")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(tags.len(), 1);
+    }
+
+    #[test]
+    fn deleted_cluster_is_inactive_and_refuses_updates_and_tags() {
+        let mut s = Map::new();
+        run(&mut s, cluster("a"));
+        match run(&mut s, Command::DeleteCluster { name: "a".into() }) {
+            Response::Cluster { cluster } => {
+                assert_eq!(cluster.status.as_deref(), Some("INACTIVE"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let before = s.clone();
+        let e = run(
+            &mut s,
+            Command::UpdateCluster {
+                name: "a".into(),
+                settings: Some(vec![]),
+                configuration: None,
+                service_connect_defaults: None,
+            },
+        );
+        assert!(error_of(&e).message.contains("inactive"));
+        let e = run(
+            &mut s,
+            Command::TagResource {
+                arn: ctx().cluster("a"),
+                target: TagTarget::Cluster { name: "a".into() },
+                tags: vec![Tag {
+                    key: "k".into(),
+                    value: "v".into(),
+                }],
+            },
+        );
+        assert_eq!(
+            error_of(&e).kind,
+            berth_model::ErrorKind::InvalidParameterException
+        );
+        assert_eq!(s, before, "a refused command changes nothing");
+        let e = run(
+            &mut s,
+            Command::DeleteCluster {
+                name: "nope".into(),
+            },
+        );
+        assert_eq!(
+            error_of(&e).kind,
+            berth_model::ErrorKind::ClusterNotFoundException
+        );
+    }
+
+    #[test]
+    fn update_cluster_merges_settings_by_name() {
+        let mut s = Map::new();
+        run(&mut s, cluster("a"));
+        let set = |v: &str| Command::UpdateCluster {
+            name: "a".into(),
+            settings: Some(vec![ClusterSetting {
+                name: Some("containerInsights".into()),
+                value: Some(v.into()),
+            }]),
+            configuration: None,
+            service_connect_defaults: None,
+        };
+        run(&mut s, set("enabled"));
+        match run(&mut s, set("disabled")) {
+            Response::Cluster { cluster } => {
+                let settings = cluster.settings.unwrap();
+                assert_eq!(settings.len(), 1);
+                assert_eq!(settings[0].value.as_deref(), Some("disabled"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn revisions_count_up_per_family_and_are_never_reused() {
+        let mut s = Map::new();
+        assert_eq!(revision_of(&run(&mut s, register("a"))), 1);
+        assert_eq!(revision_of(&run(&mut s, register("a"))), 2);
+        assert_eq!(revision_of(&run(&mut s, register("b"))), 1);
+        run(
+            &mut s,
+            Command::DeregisterTaskDefinition {
+                family: "a".into(),
+                revision: 2,
+                at: 5.0,
+            },
+        );
+        match run(
+            &mut s,
+            Command::DeleteTaskDefinitions {
+                ctx: ctx(),
+                items: vec![("a".into(), 2), ("a".into(), 1), ("a".into(), 9)],
+                at: 6.0,
+            },
+        ) {
+            Response::TaskDefinitions {
+                task_definitions,
+                failures,
+            } => {
+                assert_eq!(task_definitions.len(), 1);
+                assert_eq!(
+                    task_definitions[0].status.as_deref(),
+                    Some("DELETE_IN_PROGRESS")
+                );
+                assert_eq!(task_definitions[0].delete_requested_at, Some(6.0));
+                let reasons: Vec<_> = failures.iter().filter_map(|f| f.reason.clone()).collect();
+                assert_eq!(
+                    reasons,
+                    vec!["TASK_DEFINITION_NOT_INACTIVE", "TASK_DEFINITION_NOT_FOUND"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            revision_of(&run(&mut s, register("a"))),
+            3,
+            "a deleted revision's number is not reused"
+        );
+    }
+
+    #[test]
+    fn deregister_sets_inactive_once() {
+        let mut s = Map::new();
+        run(&mut s, register("a"));
+        let first = run(
+            &mut s,
+            Command::DeregisterTaskDefinition {
+                family: "a".into(),
+                revision: 1,
+                at: 7.0,
+            },
+        );
+        let second = run(
+            &mut s,
+            Command::DeregisterTaskDefinition {
+                family: "a".into(),
+                revision: 1,
+                at: 8.0,
+            },
+        );
+        for r in [&first, &second] {
+            match r {
+                Response::TaskDefinition {
+                    task_definition, ..
+                } => {
+                    assert_eq!(task_definition.status.as_deref(), Some("INACTIVE"));
+                    assert_eq!(task_definition.deregistered_at, Some(7.0));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let e = run(
+            &mut s,
+            Command::DeregisterTaskDefinition {
+                family: "a".into(),
+                revision: 4,
+                at: 8.0,
+            },
+        );
+        assert!(error_of(&e).message.contains("a:4"));
+    }
+
+    #[test]
+    fn tags_merge_overwrite_and_untag() {
+        let mut s = Map::new();
+        run(&mut s, register("a"));
+        let arn = ctx().task_definition("a", 1);
+        let target = TagTarget::TaskDefinition {
+            family: "a".into(),
+            revision: 1,
+        };
+        let tag = |k: &str, v: &str| Tag {
+            key: k.into(),
+            value: v.into(),
+        };
+        run(
+            &mut s,
+            Command::TagResource {
+                arn: arn.clone(),
+                target: target.clone(),
+                tags: vec![tag("a", "1"), tag("b", "2")],
+            },
+        );
+        run(
+            &mut s,
+            Command::TagResource {
+                arn: arn.clone(),
+                target: target.clone(),
+                tags: vec![tag("a", "9")],
+            },
+        );
+        run(
+            &mut s,
+            Command::UntagResource {
+                arn: arn.clone(),
+                target: target.clone(),
+                keys: vec!["b".into()],
+            },
+        );
+        let tags: Vec<Tag> = Staged::new(&s)
+            .get_json(&keys::tags(&arn))
+            .unwrap()
+            .unwrap();
+        assert_eq!(tags, vec![tag("a", "9")]);
+        let too_many: Vec<Tag> = (0..50).map(|i| tag(&format!("k{i}"), "v")).collect();
+        let e = run(
+            &mut s,
+            Command::TagResource {
+                arn: arn.clone(),
+                target: target.clone(),
+                tags: too_many,
+            },
+        );
+        assert!(error_of(&e).message.contains("51"));
+        let missing = TagTarget::TaskDefinition {
+            family: "a".into(),
+            revision: 2,
+        };
+        let e = run(
+            &mut s,
+            Command::TagResource {
+                arn,
+                target: missing,
+                tags: vec![tag("x", "y")],
+            },
+        );
+        assert_eq!(
+            error_of(&e).kind,
+            berth_model::ErrorKind::ResourceNotFoundException
+        );
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let cmds = vec![
+            cluster("a"),
+            register("x"),
+            register("x"),
+            Command::DeleteCluster { name: "a".into() },
+            register("y"),
+        ];
+        let mut s1 = Map::new();
+        let mut s2 = Map::new();
+        let r1: Vec<_> = cmds.iter().map(|c| run(&mut s1, c.clone())).collect();
+        let r2: Vec<_> = cmds.iter().map(|c| run(&mut s2, c.clone())).collect();
+        assert_eq!(r1, r2);
+        assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn commands_round_trip_through_the_log_encoding() {
+        for c in [
+            cluster("a"),
+            register("x"),
+            Command::DeleteCluster { name: "a".into() },
+        ] {
+            let req = Request::new(c);
+            let bytes = serde_json::to_vec(&req).unwrap();
+            let back: Request = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(back, req);
+            assert_eq!(back.v, COMMAND_VERSION);
+        }
+    }
+}
