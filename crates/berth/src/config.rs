@@ -91,6 +91,13 @@ impl ServerConfig {
                 ));
             }
         }
+        if let Some(r) = raft_addr {
+            if r.ip().is_unspecified() && self.advertise_raft_addr.is_none() {
+                errs.push(format!(
+                    "raft-addr {r} listens on every interface; set advertise-raft-addr to the address other servers reach this one at"
+                ));
+            }
+        }
         if let Some(j) = &self.join {
             if !j.contains(':') {
                 errs.push(format!(
