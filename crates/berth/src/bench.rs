@@ -88,6 +88,10 @@ pub struct ApiBenchArgs {
     /// Keep the temp dir (data and logs) instead of removing it.
     #[arg(long)]
     pub keep_temp: bool,
+    /// Parent directory of the temp dir holding data dirs and logs (default:
+    /// $TMPDIR or /tmp). Use a disk-backed one: fsync on tmpfs costs nothing.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
     /// The berth binary to start as servers (default: this executable).
     #[arg(long)]
     pub berth_bin: Option<PathBuf>,
@@ -442,6 +446,22 @@ fn rss_mib(pid: u32) -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// The filesystem type of the mount holding `path`, from /proc/self/mounts.
+fn fs_type(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, mnt, ty) = (f.next()?, f.next()?, f.next()?);
+            let mnt = mnt.replace("\\040", " ");
+            path.starts_with(&mnt).then(|| (mnt.len(), ty.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, ty)| ty)
 }
 
 fn on_path(bin: &str) -> bool {
@@ -802,6 +822,7 @@ struct Ctx {
     args: ApiBenchArgs,
     exe: PathBuf,
     root: PathBuf,
+    fs: String,
     report: Report,
 }
 
@@ -1051,10 +1072,14 @@ async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locate the berth binary")?,
     };
-    let tmp = tempfile::Builder::new()
-        .prefix("berth-bench-")
-        .tempdir()
-        .context("create a temp dir")?;
+    let mut tb = tempfile::Builder::new();
+    tb.prefix("berth-bench-");
+    let tmp = match &args.dir {
+        Some(d) => tb.tempdir_in(d),
+        None => tb.tempdir(),
+    }
+    .context("create a temp dir")?;
+    let fs = fs_type(tmp.path()).unwrap_or_else(|| "unknown".into());
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
@@ -1075,10 +1100,13 @@ async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
         println!("  note: debug build; use `cargo build --release` for figures that matter");
     }
     println!(
-        "  servers: {}; temp dir {}",
+        "  servers: {}; temp dir {} (filesystem {fs})",
         exe.display(),
         tmp.path().display()
     );
+    if fs == "tmpfs" || fs == "ramfs" {
+        println!("  note: the temp dir is in memory, so fsync costs nothing; pass --dir on a disk");
+    }
     let peer = !args.no_peer && on_path(&args.etcd);
     if !args.no_peer && !peer {
         println!("peer: etcd not installed (apt-get install etcd-server)");
@@ -1097,6 +1125,7 @@ async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
         args: args.clone(),
         exe,
         root: tmp.path().to_path_buf(),
+        fs: fs.clone(),
         report: Report::default(),
     };
     for &n in &args.nodes {
@@ -1213,6 +1242,7 @@ fn print_summary(ctx: &Ctx, profile: &str, cpus: usize, etcd_version: Option<&st
         "profile": profile,
         "cpus": cpus,
         "fsync": ctx.args.fsync,
+        "filesystem": ctx.fs,
         "clients": ctx.args.clients,
         "requests": ctx.args.requests,
         "warmup": ctx.args.warmup,
