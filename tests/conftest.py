@@ -1,0 +1,101 @@
+"""pytest fixtures for berth's integration tests (see berth_harness.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import berth_harness as h  # noqa: E402
+
+
+def pytest_report_header(config):
+    return [f"berth binary: {h.BERTH_BIN}", f"aws cli: {h.AWS_BIN}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _check_tools():
+    assert h.AWS_BIN.exists(), f"AWS CLI not found at {h.AWS_BIN}: run scripts/install-deps.sh (or set AWS_BIN)"
+    if not h.BERTH_BIN.exists():
+        pytest.fail(f"berth binary not found at {h.BERTH_BIN}: run `cargo build -p berth` (or set BERTH_BIN)")
+    yield
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One single-node `berth server`, shared by the tests of a module.
+    Tests on it use unique names so they do not depend on each other."""
+    node = h.BerthNode(1).start()
+    try:
+        node.wait_leader()
+        yield node
+    finally:
+        node.cleanup()
+
+
+@pytest.fixture
+def fresh_server():
+    """A single-node `berth server` of the test's own (empty state)."""
+    node = h.BerthNode(1).start()
+    try:
+        node.wait_leader()
+        yield node
+    finally:
+        node.cleanup()
+
+
+@pytest.fixture
+def ecs(server):
+    return h.boto3_client(server)
+
+
+@pytest.fixture
+def cluster3():
+    c = h.BerthCluster(3)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.cleanup()
+
+
+# ---------------------------------------------------------------------------
+# Print the server logs written during a failing test.
+# ---------------------------------------------------------------------------
+
+_LOG_OFFSETS = "_berth_log_offsets"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    offsets = {}
+    for n in h.ALL_NODES:
+        try:
+            offsets[id(n)] = n.log_path.stat().st_size
+        except OSError:
+            offsets[id(n)] = 0
+    setattr(item, _LOG_OFFSETS, offsets)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.failed:
+        return
+    offsets = getattr(item, _LOG_OFFSETS, {})
+    limit = int(os.environ.get("BERTH_LOG_LINES", "200"))
+    for n in h.ALL_NODES:
+        try:
+            with open(n.log_path, "rb") as fh:
+                fh.seek(offsets.get(id(n), 0))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text.strip():
+            rep.sections.append((f"berth node {n.node_id} log ({n.log_path}, last {limit} lines of this test)",
+                                 h.tail(text, limit)))
