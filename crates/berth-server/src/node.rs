@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use berth_model::ApiError;
@@ -14,7 +14,17 @@ use berth_proto::raft::{Empty, JoinRequest, Payload, Reply};
 use berth_store::{Command, Node, NodeId, Raft, Request, Response, StateReader, StoreOptions};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+
+/// Most commands grouped into one Raft entry.
+const MAX_BATCH: usize = 256;
+/// Batches proposed concurrently; while they are in flight the next batch fills up.
+const MAX_IN_FLIGHT: usize = 2;
+
+struct PendingWrite {
+    command: Command,
+    tx: oneshot::Sender<Result<Response, ApiError>>,
+}
 
 use crate::network::{Channels, NetworkFactory};
 
@@ -67,6 +77,7 @@ pub struct ServerNode {
     channels: Channels,
     membership_lock: Mutex<()>,
     leader_wait: Duration,
+    writes: mpsc::Sender<PendingWrite>,
 }
 
 fn server_err(e: impl std::fmt::Display) -> ApiError {
@@ -122,6 +133,7 @@ impl ServerNode {
         )
         .await
         .map_err(|e| anyhow::anyhow!("start raft: {e}"))?;
+        let (writes, writes_rx) = mpsc::channel(4096);
         let node = Arc::new(ServerNode {
             id: cfg.node_id,
             raft,
@@ -131,7 +143,9 @@ impl ServerNode {
             channels,
             membership_lock: Mutex::new(()),
             leader_wait: cfg.leader_wait,
+            writes,
         });
+        tokio::spawn(batcher(Arc::downgrade(&node), writes_rx));
 
         let listener = tokio::net::TcpListener::bind(cfg.raft_listen)
             .await
@@ -259,9 +273,22 @@ impl ServerNode {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// Proposes a command and returns its result, wherever the leader is.
+    /// Proposes a command and returns its result, wherever the leader is. Concurrent writes
+    /// are grouped into one Raft entry (group commit): one fsync and one replication round
+    /// commit them all, and each still gets its own result.
     pub async fn write(&self, command: Command) -> Result<Response, ApiError> {
-        let req = Request::new(command);
+        let (tx, rx) = oneshot::channel();
+        let stopping = || ApiError::server("The server is shutting down; retry on another server.");
+        self.writes
+            .send(PendingWrite { command, tx })
+            .await
+            .map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+
+    /// Proposes one batch, forwarding it to the leader when this node is not the leader, and
+    /// waiting (up to `leader_wait`) through elections.
+    async fn propose(&self, req: Request) -> Result<Vec<Response>, ApiError> {
         let deadline = tokio::time::Instant::now() + self.leader_wait;
         loop {
             let leader = match self.raft.client_write(req.clone()).await {
@@ -294,7 +321,7 @@ impl ServerNode {
     }
 
     /// Ok(None) when the callee is not (or no longer) the leader.
-    async fn forward(&self, addr: &str, req: &Request) -> Result<Option<Response>, String> {
+    async fn forward(&self, addr: &str, req: &Request) -> Result<Option<Vec<Response>>, String> {
         let mut client = self.channels.cluster(addr).map_err(|e| e.to_string())?;
         let data = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         let reply = client
@@ -390,6 +417,51 @@ impl ServerNode {
     pub fn metrics_json(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
         serde_json::to_value(&m).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Groups queued writes into batches and proposes them, at most `MAX_IN_FLIGHT` at a time.
+async fn batcher(node: Weak<ServerNode>, mut rx: mpsc::Receiver<PendingWrite>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        tokio::spawn(async move {
+            let (commands, txs): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.tx)).unzip();
+            let n = commands.len();
+            match node.propose(Request::batch(commands)).await {
+                Ok(resps) if resps.len() == n => {
+                    for (tx, r) in txs.into_iter().zip(resps) {
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(resps) => {
+                    let e = ApiError::server(format!(
+                        "internal error: {} results for {n} commands",
+                        resps.len()
+                    ));
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -15,25 +15,37 @@ use crate::keys;
 /// Version of the command encoding this build writes and understands.
 pub const COMMAND_VERSION: u32 = 1;
 
-/// What goes into the Raft log: a versioned command.
+/// What goes into the Raft log: a versioned batch of commands, applied in order. Concurrent
+/// API requests are grouped into one entry so one fsync (and one replication round)
+/// commits many of them; each command still succeeds or fails on its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub v: u32,
-    pub command: Command,
+    pub commands: Vec<Command>,
 }
 
 impl Request {
     pub fn new(command: Command) -> Self {
         Request {
             v: COMMAND_VERSION,
-            command,
+            commands: vec![command],
+        }
+    }
+
+    pub fn batch(commands: Vec<Command>) -> Self {
+        Request {
+            v: COMMAND_VERSION,
+            commands,
         }
     }
 }
 
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "v{} {}", self.v, self.command.name())
+        match self.commands.as_slice() {
+            [one] => write!(f, "v{} {}", self.v, one.name()),
+            many => write!(f, "v{} batch of {}", self.v, many.len()),
+        }
     }
 }
 
@@ -186,6 +198,34 @@ pub struct Staged<'a, R: KvRead + ?Sized> {
     base: &'a R,
     pub writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pub changes: Vec<Change>,
+}
+
+impl<R: KvRead + ?Sized> KvRead for Staged<'_, R> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_raw(key)
+    }
+}
+
+/// Applies a batch in order: each command sees the writes of the ones before it, and a
+/// refused command contributes nothing (the others still apply).
+pub fn apply_batch<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    commands: &[Command],
+) -> Result<Vec<Response>, StoreError> {
+    let mut out = Vec::with_capacity(commands.len());
+    for cmd in commands {
+        let (resp, writes, changes) = {
+            let mut inner = Staged::new(&*st);
+            let resp = apply(&mut inner, cmd)?;
+            (resp, inner.writes, inner.changes)
+        };
+        if !matches!(resp, Response::Error { .. }) {
+            st.writes.extend(writes);
+            st.changes.extend(changes);
+        }
+        out.push(resp);
+    }
+    Ok(out)
 }
 
 impl<'a, R: KvRead + ?Sized> Staged<'a, R> {
@@ -834,6 +874,46 @@ mod tests {
         let r2: Vec<_> = cmds.iter().map(|c| run(&mut s2, c.clone())).collect();
         assert_eq!(r1, r2);
         assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_and_a_refused_command_contributes_nothing() {
+        let mut s = Map::new();
+        let cmds = vec![
+            register("a"),
+            Command::DeleteCluster {
+                name: "nope".into(),
+            },
+            register("a"),
+            cluster("c"),
+        ];
+        let (resps, writes) = {
+            let mut st = Staged::new(&s);
+            let r = apply_batch(&mut st, &cmds).unwrap();
+            (r, st.writes)
+        };
+        for (k, v) in writes {
+            if let Some(v) = v {
+                s.insert(k, v);
+            }
+        }
+        assert_eq!(revision_of(&resps[0]), 1);
+        assert_eq!(
+            error_of(&resps[1]).kind,
+            berth_model::ErrorKind::ClusterNotFoundException
+        );
+        assert_eq!(
+            revision_of(&resps[2]),
+            2,
+            "the second registration sees the first"
+        );
+        assert!(matches!(resps[3], Response::Cluster { .. }));
+        // The same commands one by one give the same state.
+        let mut one_by_one = Map::new();
+        for c in cmds {
+            run(&mut one_by_one, c);
+        }
+        assert_eq!(s, one_by_one);
     }
 
     #[test]

@@ -30,7 +30,7 @@ openraft::declare_raft_types!(
     /// openraft type configuration of berth.
     pub TypeConfig:
         D = Request,
-        R = Response,
+        R = Vec<Response>,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

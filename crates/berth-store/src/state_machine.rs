@@ -12,7 +12,7 @@ use openraft::{
 };
 use tokio::sync::watch;
 
-use crate::command::{apply, Change, KvRead, Response, Staged, StoreError, COMMAND_VERSION};
+use crate::command::{apply_batch, Change, KvRead, Response, Staged, StoreError, COMMAND_VERSION};
 use crate::{keys, Node, NodeId, TypeConfig};
 
 /// How many revisions of change records are kept for watchers.
@@ -69,43 +69,43 @@ impl StateMachine {
         })
     }
 
-    fn apply_one(&mut self, entry: &Entry<TypeConfig>) -> Result<Response, StoreError> {
+    fn apply_one(&mut self, entry: &Entry<TypeConfig>) -> Result<Vec<Response>, StoreError> {
         let index = entry.log_id.index;
         let mut batch = sled::Batch::default();
         let (response, changes) = match &entry.payload {
-            EntryPayload::Blank => (Response::Ok, Vec::new()),
+            EntryPayload::Blank => (Vec::new(), Vec::new()),
             EntryPayload::Normal(req) if req.v != COMMAND_VERSION => {
                 // Every server of one version answers the same; a newer command is refused.
+                let error = berth_model::ApiError::server(format!(
+                    "command version {} is not supported by this server (supports {COMMAND_VERSION}); upgrade it",
+                    req.v
+                ));
                 (
-                    Response::Error {
-                        error: berth_model::ApiError::server(format!(
-                            "command version {} is not supported by this server (supports {COMMAND_VERSION}); upgrade it",
-                            req.v
-                        )),
-                    },
+                    req.commands
+                        .iter()
+                        .map(|_| Response::Error {
+                            error: error.clone(),
+                        })
+                        .collect(),
                     Vec::new(),
                 )
             }
             EntryPayload::Normal(req) => {
                 let tree: &sled::Tree = &self.sm;
                 let mut st = Staged::new(tree as &dyn KvRead);
-                let resp = apply(&mut st, &req.command)?;
-                if !matches!(resp, Response::Error { .. }) {
-                    for (k, v) in st.writes {
-                        match v {
-                            Some(v) => batch.insert(k, v),
-                            None => batch.remove(k),
-                        }
+                let resps = apply_batch(&mut st, &req.commands)?;
+                for (k, v) in st.writes {
+                    match v {
+                        Some(v) => batch.insert(k, v),
+                        None => batch.remove(k),
                     }
-                    (resp, st.changes)
-                } else {
-                    (resp, Vec::new())
                 }
+                (resps, st.changes)
             }
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                 batch.insert(keys::META_MEMBERSHIP, serde_json::to_vec(&self.membership)?);
-                (Response::Ok, vec![Change::Membership])
+                (Vec::new(), vec![Change::Membership])
             }
         };
         if !changes.is_empty() {
@@ -211,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
