@@ -446,7 +446,12 @@ async fn batcher(node: Weak<ServerNode>, mut rx: mpsc::Receiver<PendingWrite>) {
             let (commands, txs): (Vec<Command>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.tx)).unzip();
             let n = commands.len();
-            match node.propose(Request::batch(commands)).await {
+            match node
+                .propose(
+                    Request::batch(commands).with_id(uuid::Uuid::new_v4().simple().to_string()),
+                )
+                .await
+            {
                 Ok(resps) if resps.len() == n => {
                     for (tx, r) in txs.into_iter().zip(resps) {
                         let _ = tx.send(Ok(r));

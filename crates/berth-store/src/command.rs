@@ -21,6 +21,11 @@ pub const COMMAND_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub v: u32,
+    /// Unique per proposal. A proposal retried after an ambiguous failure (the leader died
+    /// after appending it) carries the same id and is answered from the first application
+    /// instead of being applied twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub commands: Vec<Command>,
 }
 
@@ -28,6 +33,7 @@ impl Request {
     pub fn new(command: Command) -> Self {
         Request {
             v: COMMAND_VERSION,
+            id: None,
             commands: vec![command],
         }
     }
@@ -35,8 +41,14 @@ impl Request {
     pub fn batch(commands: Vec<Command>) -> Self {
         Request {
             v: COMMAND_VERSION,
+            id: None,
             commands,
         }
+    }
+
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 }
 
@@ -420,7 +432,11 @@ pub fn apply<R: KvRead + ?Sized>(
                 let arn = ctx.task_definition(family, *revision);
                 let key = keys::task_def(family, *revision);
                 match st.get_json::<TaskDefinition>(&key)? {
-                    None => failures.push(failure(&arn, "TASK_DEFINITION_NOT_FOUND", "The specified task definition does not exist.")),
+                    None => failures.push(failure(
+                        &arn,
+                        "TASK_DEFINITION_NOT_FOUND",
+                        "The specified task definition does not exist.",
+                    )),
                     Some(td) if td.status.as_deref() == Some("ACTIVE") => failures.push(failure(
                         &arn,
                         "TASK_DEFINITION_NOT_INACTIVE",
@@ -432,7 +448,8 @@ pub fn apply<R: KvRead + ?Sized>(
                             td.delete_requested_at = Some(*at);
                             st.put_json(key, &td)?;
                             st.delete(keys::tags(&arn));
-                            st.changes.push(Change::TaskDefinition { family: family.clone(), revision: *revision });
+                            st.changes
+                                .push(Change::TaskDefinition { family: family.clone(), revision: *revision });
                         }
                         done.push(td);
                     }
@@ -614,10 +631,12 @@ mod tests {
             tags: vec![],
         };
         match run(&mut s, again) {
-            Response::Cluster { cluster } => assert_eq!(
-                cluster.cluster_arn.as_deref(),
-                Some(ctx().cluster("a").as_str())
-            ),
+            Response::Cluster { cluster } => {
+                assert_eq!(
+                    cluster.cluster_arn.as_deref(),
+                    Some(ctx().cluster("a").as_str())
+                )
+            }
             other => panic!("{other:?}"),
         }
         let tags: Vec<Tag> = Staged::new(&s)

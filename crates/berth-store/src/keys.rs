@@ -6,6 +6,10 @@ pub const TASK_DEF: &[u8] = b"td\0";
 pub const FAMILY: &[u8] = b"tf\0";
 pub const TAGS: &[u8] = b"tag\0";
 pub const REVISION: &[u8] = b"rev\0";
+/// `req\0{id}` -> the responses of an applied proposal (exactly-once retries).
+pub const PROPOSAL: &[u8] = b"req\0";
+/// `reqidx\0{index}` -> the proposal id applied at that index (for pruning).
+pub const PROPOSAL_INDEX: &[u8] = b"reqidx\0";
 pub const META_LAST_APPLIED: &[u8] = b"m\0last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"m\0membership";
 
@@ -56,6 +60,16 @@ pub fn family(name: &str) -> Vec<u8> {
 
 pub fn tags(arn: &str) -> Vec<u8> {
     join(TAGS, &[arn.as_bytes()])
+}
+
+pub fn proposal(id: &str) -> Vec<u8> {
+    join(PROPOSAL, &[id.as_bytes()])
+}
+
+pub fn proposal_index(index: u64) -> Vec<u8> {
+    let mut k = PROPOSAL_INDEX.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
 }
 
 pub fn revision(index: u64) -> Vec<u8> {

@@ -17,6 +17,8 @@ use crate::{keys, Node, NodeId, TypeConfig};
 
 /// How many revisions of change records are kept for watchers.
 pub const CHANGES_KEPT: u64 = 10_000;
+/// How many log entries back a retried proposal is still recognised (seconds of traffic).
+pub const PROPOSALS_KEPT: u64 = 2_000;
 
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
@@ -91,16 +93,30 @@ impl StateMachine {
                 )
             }
             EntryPayload::Normal(req) => {
-                let tree: &sled::Tree = &self.sm;
-                let mut st = Staged::new(tree as &dyn KvRead);
-                let resps = apply_batch(&mut st, &req.commands)?;
-                for (k, v) in st.writes {
-                    match v {
-                        Some(v) => batch.insert(k, v),
-                        None => batch.remove(k),
+                let seen = match &req.id {
+                    Some(id) => self.sm.get(keys::proposal(id))?,
+                    None => None,
+                };
+                if let Some(first) = seen {
+                    // A retry of a proposal that is already applied: answer as the first time.
+                    let resps: Vec<Response> = serde_json::from_slice(&first)?;
+                    (resps, Vec::new())
+                } else {
+                    let tree: &sled::Tree = &self.sm;
+                    let mut st = Staged::new(tree as &dyn KvRead);
+                    let resps = apply_batch(&mut st, &req.commands)?;
+                    for (k, v) in st.writes {
+                        match v {
+                            Some(v) => batch.insert(k, v),
+                            None => batch.remove(k),
+                        }
                     }
+                    if let Some(id) = &req.id {
+                        batch.insert(keys::proposal(id), serde_json::to_vec(&resps)?);
+                        batch.insert(keys::proposal_index(index), id.as_bytes());
+                    }
+                    (resps, st.changes)
                 }
-                (resps, st.changes)
             }
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -113,6 +129,13 @@ impl StateMachine {
         }
         if index > CHANGES_KEPT {
             batch.remove(keys::revision(index - CHANGES_KEPT));
+        }
+        if index > PROPOSALS_KEPT {
+            let old = keys::proposal_index(index - PROPOSALS_KEPT);
+            if let Some(id) = self.sm.get(&old)? {
+                batch.remove(keys::proposal(&String::from_utf8_lossy(&id)));
+                batch.remove(old);
+            }
         }
         batch.insert(keys::META_LAST_APPLIED, serde_json::to_vec(&entry.log_id)?);
         self.sm.apply_batch(batch)?;
@@ -316,6 +339,84 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Command, Request};
+    use berth_model::{validate_register, ArnContext, RegisterTaskDefinitionRequest};
+    use openraft::CommittedLeaderId;
+
+    fn register() -> Command {
+        let req: RegisterTaskDefinitionRequest = serde_json::from_value(serde_json::json!({
+            "family": "once", "containerDefinitions": [{"name": "app", "image": "busybox", "memory": 64}]
+        }))
+        .unwrap();
+        Command::RegisterTaskDefinition {
+            ctx: ArnContext::new("us-east-1", "123456789012"),
+            spec: validate_register(req).unwrap(),
+            registered_at: 1.0,
+            registered_by: "test".into(),
+        }
+    }
+
+    fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_proposal_is_answered_from_its_first_application() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .temporary(true)
+            .open()
+            .unwrap();
+        let (tx, _rx) = watch::channel(0);
+        let mut sm = StateMachine::open(&db, Arc::new(tx)).unwrap();
+        let first = Request::new(register()).with_id("p1");
+        let out = sm
+            .apply(vec![
+                entry(1, first.clone()),
+                entry(2, first),
+                entry(3, Request::new(register()).with_id("p2")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out[0], out[1], "the retry gets the first answer");
+        let rev = |r: &Vec<Response>| match &r[0] {
+            Response::TaskDefinition {
+                task_definition, ..
+            } => task_definition.revision,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (rev(&out[0]), rev(&out[2])),
+            (1, 2),
+            "the retry did not register a revision"
+        );
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
+    }
+
+    #[tokio::test]
+    async fn proposal_ids_are_forgotten_after_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .temporary(true)
+            .open()
+            .unwrap();
+        let (tx, _rx) = watch::channel(0);
+        let mut sm = StateMachine::open(&db, Arc::new(tx)).unwrap();
+        sm.apply(vec![entry(1, Request::new(register()).with_id("old"))])
+            .await
+            .unwrap();
+        assert!(sm.sm.get(keys::proposal("old")).unwrap().is_some());
+        let later = entry(1 + PROPOSALS_KEPT, Request::new(register()));
+        sm.apply(vec![later]).await.unwrap();
+        assert!(sm.sm.get(keys::proposal("old")).unwrap().is_none());
+        assert!(sm.sm.get(keys::proposal_index(1)).unwrap().is_none());
+    }
 
     #[test]
     fn dump_format_round_trips() {
