@@ -427,6 +427,13 @@ impl ServerNode {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Groups queued writes into batches and proposes them, at most `MAX_IN_FLIGHT` at a time.
 async fn batcher(node: Weak<ServerNode>, mut rx: mpsc::Receiver<PendingWrite>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -448,7 +455,9 @@ async fn batcher(node: Weak<ServerNode>, mut rx: mpsc::Receiver<PendingWrite>) {
             let n = commands.len();
             match node
                 .propose(
-                    Request::batch(commands).with_id(uuid::Uuid::new_v4().simple().to_string()),
+                    Request::batch(commands)
+                        .with_id(uuid::Uuid::new_v4().simple().to_string())
+                        .at(now_ms()),
                 )
                 .await
             {

@@ -26,6 +26,9 @@ pub struct Request {
     /// instead of being applied twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The proposer's wall clock (ms since the epoch) when it proposed; ages proposal ids.
+    #[serde(default)]
+    pub at_ms: u64,
     pub commands: Vec<Command>,
 }
 
@@ -34,6 +37,7 @@ impl Request {
         Request {
             v: COMMAND_VERSION,
             id: None,
+            at_ms: 0,
             commands: vec![command],
         }
     }
@@ -42,12 +46,18 @@ impl Request {
         Request {
             v: COMMAND_VERSION,
             id: None,
+            at_ms: 0,
             commands,
         }
     }
 
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
+        self
+    }
+
+    pub fn at(mut self, at_ms: u64) -> Self {
+        self.at_ms = at_ms;
         self
     }
 }
@@ -186,6 +196,8 @@ pub enum StoreError {
     },
     #[error("encode: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("command version {version} is not supported by this server (it supports {supported}); upgrade this server")]
+    UnsupportedVersion { version: u32, supported: u32 },
 }
 
 /// Read access to state (the sled tree in production, a map in tests).

@@ -53,6 +53,21 @@ impl Default for StoreOptions {
     }
 }
 
+/// Flushes sled on the blocking pool. (sled 0.34's `flush_async` can hang when several
+/// flushes run at once — sled issues #1308/#1241; a blocking `flush` does not.)
+pub async fn flush(db: &sled::Db) -> Result<usize, sled::Error> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || db.flush()).await {
+        Ok(r) => r,
+        Err(e) => Err(sled::Error::Io(std::io::Error::other(format!(
+            "flush task failed: {e}"
+        )))),
+    }
+}
+
+/// The last log index covered by a durably stored snapshot; the log is never purged past it.
+pub type DurableSnapshot = Arc<std::sync::atomic::AtomicU64>;
+
 /// Everything a server needs from its data dir.
 pub struct OpenedStore {
     pub log_store: LogStore,
@@ -73,10 +88,11 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<OpenedStore, anyhow_lite:
         .map_err(|e| anyhow_lite::Error(format!("open sled store in {}: {e}", dir.display())))?;
     let (tx, rx) = watch::channel(0u64);
     let tx = Arc::new(tx);
+    let durable = DurableSnapshot::default();
+    let state_machine = StateMachine::open_with(&db, tx.clone(), durable.clone())
+        .map_err(|e| anyhow_lite::Error(e.to_string()))?;
     let log_store =
-        LogStore::open(&db, opts.fsync).map_err(|e| anyhow_lite::Error(e.to_string()))?;
-    let state_machine =
-        StateMachine::open(&db, tx.clone()).map_err(|e| anyhow_lite::Error(e.to_string()))?;
+        LogStore::open(&db, opts.fsync, durable).map_err(|e| anyhow_lite::Error(e.to_string()))?;
     let sm_tree = db
         .open_tree("state")
         .map_err(|e| anyhow_lite::Error(e.to_string()))?;

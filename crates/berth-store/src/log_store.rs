@@ -10,7 +10,7 @@ use openraft::{
     Vote,
 };
 
-use crate::{NodeId, TypeConfig};
+use crate::{DurableSnapshot, NodeId, TypeConfig};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -22,6 +22,7 @@ pub struct LogStore {
     logs: sled::Tree,
     meta: sled::Tree,
     fsync: bool,
+    durable_snapshot: DurableSnapshot,
 }
 
 fn io_err<E: std::error::Error + 'static>(
@@ -32,18 +33,23 @@ fn io_err<E: std::error::Error + 'static>(
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db, fsync: bool) -> Result<Self, sled::Error> {
+    pub fn open(
+        db: &sled::Db,
+        fsync: bool,
+        durable_snapshot: DurableSnapshot,
+    ) -> Result<Self, sled::Error> {
         Ok(LogStore {
             db: db.clone(),
             logs: db.open_tree("raft_log")?,
             meta: db.open_tree("raft_meta")?,
             fsync,
+            durable_snapshot,
         })
     }
 
     async fn flush(&self) -> Result<(), sled::Error> {
         if self.fsync {
-            self.db.flush_async().await?;
+            crate::flush(&self.db).await?;
         }
         Ok(())
     }
@@ -127,7 +133,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged: Option<LogId<NodeId>> = self.get_meta(LAST_PURGED)?;
-        let last = self.last_log_id()?.or(last_purged);
+        // Entries at or below the purge point may survive a crash in the middle of a purge;
+        // they never make the last log id go below it.
+        let last = std::cmp::max(self.last_log_id()?, last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -141,8 +149,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.put_meta(VOTE, vote)?;
         // A vote must be durable before it is acted on, whatever the fsync setting of the log.
-        self.db
-            .flush_async()
+        crate::flush(&self.db)
             .await
             .map_err(|e| io_err(StorageIOError::write_vote, &e))?;
         Ok(())
@@ -202,6 +209,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Never purge past what a durably stored snapshot covers: a follower may be told to
+        // purge while the snapshot it received is still being installed, and a crash then
+        // must not leave it without the entries or the snapshot. Skipped entries are purged
+        // by a later call.
+        let durable = self
+            .durable_snapshot
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if log_id.index > durable {
+            tracing::debug!(
+                upto = log_id.index,
+                durable,
+                "purge deferred until the snapshot is durable"
+            );
+            return Ok(());
+        }
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(LAST_PURGED, &log_id)?;
         self.flush()
@@ -216,5 +238,71 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(|e| io_err(StorageIOError::write_logs, &e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use std::sync::atomic::Ordering;
+
+    fn put(store: &LogStore, index: u64) {
+        let e: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        store
+            .logs
+            .insert(index.to_be_bytes(), serde_json::to_vec(&e).unwrap())
+            .unwrap();
+    }
+
+    fn lid(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[tokio::test]
+    async fn purge_waits_for_a_durable_snapshot() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let durable = DurableSnapshot::default();
+        let mut store = LogStore::open(&db, true, durable.clone()).unwrap();
+        for i in 1..=10 {
+            put(&store, i);
+        }
+        store.purge(lid(5)).await.unwrap();
+        assert_eq!(
+            store.len(),
+            10,
+            "nothing is purged past the durable snapshot (none yet)"
+        );
+        assert_eq!(
+            store.get_log_state().await.unwrap().last_purged_log_id,
+            None
+        );
+        durable.store(5, Ordering::SeqCst);
+        store.purge(lid(5)).await.unwrap();
+        assert_eq!(store.len(), 5);
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(
+            (st.last_purged_log_id, st.last_log_id),
+            (Some(lid(5)), Some(lid(10)))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_log_id_is_never_below_the_purge_point() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut store = LogStore::open(&db, true, DurableSnapshot::default()).unwrap();
+        // A crash between recording the purge point and deleting the entries.
+        for i in 1..=3 {
+            put(&store, i);
+        }
+        store.put_meta(LAST_PURGED, &lid(10)).unwrap();
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(
+            (st.last_purged_log_id, st.last_log_id),
+            (Some(lid(10)), Some(lid(10)))
+        );
     }
 }

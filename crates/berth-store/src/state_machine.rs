@@ -1,9 +1,14 @@
 //! The replicated state machine over sled. Each applied log index is a revision; the staged
-//! writes of one command, the revision's change record and `last_applied` are committed in
+//! writes of one entry, the revision's change record and `last_applied` are committed in
 //! one sled batch, so a reader never sees half a command.
+//!
+//! Snapshots are stored as one value (metadata and data together, so a reader never sees
+//! one without the other), replaced only by a newer one, and made durable before the log
+//! is purged behind them.
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -13,20 +18,22 @@ use openraft::{
 use tokio::sync::watch;
 
 use crate::command::{apply_batch, Change, KvRead, Response, Staged, StoreError, COMMAND_VERSION};
-use crate::{keys, Node, NodeId, TypeConfig};
+use crate::{keys, DurableSnapshot, Node, NodeId, TypeConfig};
 
 /// How many revisions of change records are kept for watchers.
 pub const CHANGES_KEPT: u64 = 10_000;
-/// How many log entries back a retried proposal is still recognised (seconds of traffic).
-pub const PROPOSALS_KEPT: u64 = 2_000;
+/// How long (by the proposers' clocks) a retried proposal is still recognised. Retries
+/// give up after 15 s, so a minute leaves a wide margin.
+pub const PROPOSAL_TTL_MS: u64 = 60_000;
+/// At most this many expired proposal records are dropped per entry (bounded apply work).
+const PROPOSAL_PRUNE_PER_ENTRY: usize = 64;
 
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+const SNAP_CURRENT: &[u8] = b"current";
 
 pub struct StateMachine {
     db: sled::Db,
     sm: sled::Tree,
-    snaps: sled::Tree,
+    snaps: SnapshotStore,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Node>,
     applied_tx: Arc<watch::Sender<u64>>,
@@ -48,27 +55,152 @@ fn decode<T: serde::de::DeserializeOwned>(
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ProposalRecord {
+    id: String,
+    at_ms: u64,
+}
+
+/// The stored snapshot: one sled value `[u32 meta length][meta JSON][data]`.
+#[derive(Clone)]
+struct SnapshotStore {
+    tree: sled::Tree,
+    db: sled::Db,
+    /// Serializes replacing the stored snapshot (the builder runs on its own task).
+    lock: Arc<Mutex<()>>,
+    durable: DurableSnapshot,
+}
+
+impl SnapshotStore {
+    fn load(&self) -> Result<Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>, StorageError<NodeId>> {
+        let Some(v) = self.tree.get(SNAP_CURRENT).map_err(|e| sm_err(&e))? else {
+            return Ok(None);
+        };
+        let bad = |m: &str| -> StorageError<NodeId> {
+            StorageIOError::read_snapshot(None, AnyError::error(m)).into()
+        };
+        if v.len() < 4 {
+            return Err(bad("stored snapshot is truncated"));
+        }
+        let n = u32::from_be_bytes([v[0], v[1], v[2], v[3]]) as usize;
+        if v.len() < 4 + n {
+            return Err(bad("stored snapshot metadata is truncated"));
+        }
+        let meta = serde_json::from_slice(&v[4..4 + n]).map_err(|e| sm_err(&e))?;
+        Ok(Some((meta, v[4 + n..].to_vec())))
+    }
+
+    /// Stores `meta`+`data` unless a snapshot at least as new is stored; then flushes and
+    /// advances the durable index. Returns whether it was stored.
+    async fn store(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        data: &[u8],
+    ) -> Result<bool, StorageError<NodeId>> {
+        {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((current, _)) = self.load()? {
+                if current.last_log_id >= meta.last_log_id {
+                    return Ok(false);
+                }
+            }
+            let m = serde_json::to_vec(meta).map_err(|e| sm_err(&e))?;
+            let mut v = Vec::with_capacity(4 + m.len() + data.len());
+            v.extend_from_slice(&(m.len() as u32).to_be_bytes());
+            v.extend_from_slice(&m);
+            v.extend_from_slice(data);
+            self.tree.insert(SNAP_CURRENT, v).map_err(|e| sm_err(&e))?;
+        }
+        crate::flush(&self.db).await.map_err(|e| sm_err(&e))?;
+        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.durable.fetch_max(idx, Ordering::SeqCst);
+        Ok(true)
+    }
+}
+
 impl StateMachine {
+    /// Opens the state machine with its own durable-snapshot marker (tests).
     pub fn open(
         db: &sled::Db,
         applied_tx: Arc<watch::Sender<u64>>,
     ) -> Result<Self, StorageError<NodeId>> {
+        Self::open_with(db, applied_tx, DurableSnapshot::default())
+    }
+
+    pub fn open_with(
+        db: &sled::Db,
+        applied_tx: Arc<watch::Sender<u64>>,
+        durable: DurableSnapshot,
+    ) -> Result<Self, StorageError<NodeId>> {
         let sm = db.open_tree("state").map_err(|e| sm_err(&e))?;
-        let snaps = db.open_tree("snapshot").map_err(|e| sm_err(&e))?;
-        let last_applied: Option<LogId<NodeId>> =
-            decode(sm.get(keys::META_LAST_APPLIED).map_err(|e| sm_err(&e))?)?;
-        let membership =
-            decode(sm.get(keys::META_MEMBERSHIP).map_err(|e| sm_err(&e))?)?.unwrap_or_default();
-        applied_tx.send_replace(last_applied.map(|l| l.index).unwrap_or(0));
-        Ok(StateMachine {
+        let tree = db.open_tree("snapshot").map_err(|e| sm_err(&e))?;
+        let snaps = SnapshotStore {
+            tree,
+            db: db.clone(),
+            lock: Arc::default(),
+            durable,
+        };
+        let mut me = StateMachine {
             db: db.clone(),
             sm,
             snaps,
-            last_applied,
-            membership,
+            last_applied: None,
+            membership: StoredMembership::default(),
             applied_tx,
             snapshot_seq: 0,
-        })
+        };
+        me.last_applied = decode(me.sm.get(keys::META_LAST_APPLIED).map_err(|e| sm_err(&e))?)?;
+        me.membership =
+            decode(me.sm.get(keys::META_MEMBERSHIP).map_err(|e| sm_err(&e))?)?.unwrap_or_default();
+        if let Some((meta, data)) = me.snaps.load()? {
+            me.snaps.durable.fetch_max(
+                meta.last_log_id.map(|l| l.index).unwrap_or(0),
+                Ordering::SeqCst,
+            );
+            // A crash during a snapshot install can leave a stored snapshot newer than the
+            // state: finish the install now.
+            if meta.last_log_id > me.last_applied {
+                tracing::warn!(
+                    snapshot = ?meta.last_log_id, applied = ?me.last_applied,
+                    "completing an interrupted snapshot install"
+                );
+                me.replace_state(&meta, &data)?;
+            }
+        }
+        me.applied_tx
+            .send_replace(me.last_applied.map(|l| l.index).unwrap_or(0));
+        Ok(me)
+    }
+
+    /// Replaces the whole state with a snapshot's (one atomic batch).
+    fn replace_state(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeId>> {
+        let pairs = parse_dump(data).map_err(|e| -> StorageError<NodeId> {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e)).into()
+        })?;
+        let mut batch = sled::Batch::default();
+        for item in self.sm.iter() {
+            let (k, _) = item.map_err(|e| sm_err(&e))?;
+            batch.remove(k);
+        }
+        for (k, v) in pairs {
+            batch.insert(k, v);
+        }
+        batch.insert(
+            keys::META_LAST_APPLIED,
+            serde_json::to_vec(&meta.last_log_id).map_err(|e| sm_err(&e))?,
+        );
+        batch.insert(
+            keys::META_MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership).map_err(|e| sm_err(&e))?,
+        );
+        self.sm.apply_batch(batch).map_err(|e| sm_err(&e))?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
     }
 
     fn apply_one(&mut self, entry: &Entry<TypeConfig>) -> Result<Vec<Response>, StoreError> {
@@ -77,20 +209,11 @@ impl StateMachine {
         let (response, changes) = match &entry.payload {
             EntryPayload::Blank => (Vec::new(), Vec::new()),
             EntryPayload::Normal(req) if req.v != COMMAND_VERSION => {
-                // Every server of one version answers the same; a newer command is refused.
-                let error = berth_model::ApiError::server(format!(
-                    "command version {} is not supported by this server (supports {COMMAND_VERSION}); upgrade it",
-                    req.v
-                ));
-                (
-                    req.commands
-                        .iter()
-                        .map(|_| Response::Error {
-                            error: error.clone(),
-                        })
-                        .collect(),
-                    Vec::new(),
-                )
+                // Skipping it would make this server diverge from newer ones: stop instead.
+                return Err(StoreError::UnsupportedVersion {
+                    version: req.v,
+                    supported: COMMAND_VERSION,
+                });
             }
             EntryPayload::Normal(req) => {
                 let seen = match &req.id {
@@ -113,8 +236,13 @@ impl StateMachine {
                     }
                     if let Some(id) = &req.id {
                         batch.insert(keys::proposal(id), serde_json::to_vec(&resps)?);
-                        batch.insert(keys::proposal_index(index), id.as_bytes());
+                        let rec = ProposalRecord {
+                            id: id.clone(),
+                            at_ms: req.at_ms,
+                        };
+                        batch.insert(keys::proposal_index(index), serde_json::to_vec(&rec)?);
                     }
+                    self.prune_proposals(req.at_ms, &mut batch)?;
                     (resps, st.changes)
                 }
             }
@@ -130,17 +258,30 @@ impl StateMachine {
         if index > CHANGES_KEPT {
             batch.remove(keys::revision(index - CHANGES_KEPT));
         }
-        if index > PROPOSALS_KEPT {
-            let old = keys::proposal_index(index - PROPOSALS_KEPT);
-            if let Some(id) = self.sm.get(&old)? {
-                batch.remove(keys::proposal(&String::from_utf8_lossy(&id)));
-                batch.remove(old);
-            }
-        }
         batch.insert(keys::META_LAST_APPLIED, serde_json::to_vec(&entry.log_id)?);
         self.sm.apply_batch(batch)?;
         self.last_applied = Some(entry.log_id);
         Ok(response)
+    }
+
+    /// Drops proposal records older than the TTL, judged by the time inside the entry being
+    /// applied (so every replica drops the same ones).
+    fn prune_proposals(&self, now_ms: u64, batch: &mut sled::Batch) -> Result<(), StoreError> {
+        let cutoff = now_ms.saturating_sub(PROPOSAL_TTL_MS);
+        for item in self
+            .sm
+            .scan_prefix(keys::PROPOSAL_INDEX)
+            .take(PROPOSAL_PRUNE_PER_ENTRY)
+        {
+            let (k, v) = item?;
+            let rec: ProposalRecord = serde_json::from_slice(&v)?;
+            if rec.at_ms >= cutoff {
+                break;
+            }
+            batch.remove(keys::proposal(&rec.id));
+            batch.remove(k);
+        }
+        Ok(())
     }
 
     /// Every key/value of the state tree, length-prefixed: the snapshot format.
@@ -181,18 +322,12 @@ pub fn parse_dump(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
 }
 
 pub struct SnapshotBuilder {
-    snaps: sled::Tree,
-    db: sled::Db,
+    snaps: SnapshotStore,
     /// The cut state, or why it could not be cut (then no snapshot is built).
     data: Result<Vec<u8>, String>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Node>,
     seq: u64,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredSnapshotMeta {
-    meta: SnapshotMeta<NodeId, Node>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -210,14 +345,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        let meta_bytes = serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
-            .map_err(|e| sm_err(&e))?;
-        let mut batch = sled::Batch::default();
-        batch.insert(SNAP_META, meta_bytes);
-        batch.insert(SNAP_DATA, data.clone());
-        self.snaps.apply_batch(batch).map_err(|e| sm_err(&e))?;
-        // The snapshot (and the state it was cut from) must be durable before logs are purged.
-        self.db.flush_async().await.map_err(|e| sm_err(&e))?;
+        // Stored (and durable) before openraft purges the log behind it. If a newer snapshot
+        // was installed meanwhile, this older cut is not stored.
+        self.snaps.store(&meta, &data).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -242,11 +372,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
-            let r = self
-                .apply_one(&entry)
-                .map_err(|e| -> StorageError<NodeId> {
-                    StorageIOError::apply(log_id, AnyError::new(&e)).into()
-                })?;
+            let r = self.apply_one(&entry).map_err(|e| -> StorageError<NodeId> {
+                tracing::error!(index = log_id.index, error = %e, "cannot apply a committed entry; stopping");
+                StorageIOError::apply(log_id, AnyError::new(&e)).into()
+            })?;
             out.push(r);
         }
         if let Some(l) = self.last_applied {
@@ -258,11 +387,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Cut here, on the state-machine task, so no apply runs while the state is copied.
         self.snapshot_seq += 1;
-        let data = self.dump().map_err(|e| e.to_string());
         SnapshotBuilder {
             snaps: self.snaps.clone(),
-            db: self.db.clone(),
-            data,
+            data: self.dump().map_err(|e| e.to_string()),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             seq: self.snapshot_seq,
@@ -281,37 +408,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();
-        let pairs = parse_dump(&data).map_err(|e| -> StorageError<NodeId> {
+        parse_dump(&data).map_err(|e| -> StorageError<NodeId> {
             StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e)).into()
         })?;
-        let mut batch = sled::Batch::default();
-        for item in self.sm.iter() {
-            let (k, _) = item.map_err(|e| sm_err(&e))?;
-            batch.remove(k);
-        }
-        for (k, v) in pairs {
-            batch.insert(k, v);
-        }
-        batch.insert(
-            keys::META_LAST_APPLIED,
-            serde_json::to_vec(&meta.last_log_id).map_err(|e| sm_err(&e))?,
-        );
-        batch.insert(
-            keys::META_MEMBERSHIP,
-            serde_json::to_vec(&meta.last_membership).map_err(|e| sm_err(&e))?,
-        );
-        self.sm.apply_batch(batch).map_err(|e| sm_err(&e))?;
-        let mut sbatch = sled::Batch::default();
-        sbatch.insert(
-            SNAP_META,
-            serde_json::to_vec(&StoredSnapshotMeta { meta: meta.clone() })
-                .map_err(|e| sm_err(&e))?,
-        );
-        sbatch.insert(SNAP_DATA, data);
-        self.snaps.apply_batch(sbatch).map_err(|e| sm_err(&e))?;
-        self.db.flush_async().await.map_err(|e| sm_err(&e))?;
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
+        // The snapshot first (durable), then the state: a crash in between is completed from
+        // the stored snapshot when the state machine opens.
+        self.snaps.store(meta, &data).await?;
+        self.replace_state(meta, &data)?;
+        crate::flush(&self.db).await.map_err(|e| sm_err(&e))?;
         self.applied_tx
             .send_replace(self.last_applied.map(|l| l.index).unwrap_or(0));
         Ok(())
@@ -320,17 +424,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let meta: Option<StoredSnapshotMeta> =
-            decode(self.snaps.get(SNAP_META).map_err(|e| sm_err(&e))?)?;
-        let Some(m) = meta else { return Ok(None) };
-        let data = self
-            .snaps
-            .get(SNAP_DATA)
-            .map_err(|e| sm_err(&e))?
-            .map(|v| v.to_vec())
-            .unwrap_or_default();
-        Ok(Some(Snapshot {
-            meta: m.meta,
+        Ok(self.snaps.load()?.map(|(meta, data)| Snapshot {
+            meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
@@ -412,7 +507,7 @@ mod tests {
             .await
             .unwrap();
         assert!(sm.sm.get(keys::proposal("old")).unwrap().is_some());
-        let later = entry(1 + PROPOSALS_KEPT, Request::new(register()));
+        let later = entry(2, Request::new(register()).at(PROPOSAL_TTL_MS + 10));
         sm.apply(vec![later]).await.unwrap();
         assert!(sm.sm.get(keys::proposal("old")).unwrap().is_none());
         assert!(sm.sm.get(keys::proposal_index(1)).unwrap().is_none());
@@ -435,5 +530,75 @@ mod tests {
         assert_eq!(pairs[1].0, b"td\0x\0\0\0\0\x01".to_vec());
         assert!(parse_dump(&data[..data.len() - 1]).is_ok() || parse_dump(&data[..3]).is_err());
         assert!(parse_dump(&data[..3]).is_err());
+    }
+
+    fn meta(index: u64) -> SnapshotMeta<NodeId, Node> {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        }
+    }
+
+    fn open_sm(db: &sled::Db) -> StateMachine {
+        let (tx, _rx) = watch::channel(0);
+        StateMachine::open(db, Arc::new(tx)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_late_snapshot_build_never_replaces_a_newer_installed_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut sm = open_sm(&db);
+        sm.apply(vec![entry(1, Request::new(register()))])
+            .await
+            .unwrap();
+        let mut builder = sm.get_snapshot_builder().await; // cut at index 1
+                                                           // Meanwhile a snapshot at 50 arrives from the leader and is installed.
+        let mut donor = open_sm(&sled::Config::new().temporary(true).open().unwrap());
+        for i in 1..=50 {
+            donor
+                .apply(vec![entry(i, Request::new(register()))])
+                .await
+                .unwrap();
+        }
+        let snap = donor
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        builder.build_snapshot().await.unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(50));
+        assert_eq!(sm.snaps.durable.load(Ordering::SeqCst), 50);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_install_is_completed_when_the_state_machine_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut donor = open_sm(&sled::Config::new().temporary(true).open().unwrap());
+        for i in 1..=7 {
+            donor
+                .apply(vec![entry(i, Request::new(register()))])
+                .await
+                .unwrap();
+        }
+        let data = donor.dump().unwrap();
+        {
+            let sm = open_sm(&db);
+            // The crash came after the snapshot was stored and before the state was replaced.
+            sm.snaps.store(&meta(7), &data).await.unwrap();
+            assert_eq!(sm.last_applied, None);
+        }
+        let mut sm = open_sm(&db);
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(7));
+        let td = sm.sm.get(keys::task_def("once", 7)).unwrap();
+        assert!(td.is_some(), "the snapshot's state is in place");
     }
 }

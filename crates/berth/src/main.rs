@@ -246,9 +246,7 @@ impl Running {
             Err(_) => tracing::warn!("API did not stop within 15 s"),
         }
         let _ = self.node.raft.shutdown().await;
-        self.node
-            .db
-            .flush_async()
+        berth_store::flush(&self.node.db)
             .await
             .context("flush the store")?;
         tracing::info!("stopped cleanly");
