@@ -205,6 +205,18 @@ async fn handle_post(
         .unwrap_or(&target)
         .to_string();
 
+    // An unsigned request is refused before its body is read: no buffering for strangers.
+    if ctx.cfg.auth == AuthMode::SigV4 && !parts.headers.contains_key(hyper::header::AUTHORIZATION)
+    {
+        return (
+            Err(ApiError::new(
+                ErrorKind::MissingAuthenticationTokenException,
+                "Missing Authentication Token",
+            )),
+            op,
+        );
+    }
+
     // Bodies over the limit are refused before they are read.
     let declared = parts
         .headers

@@ -145,12 +145,7 @@ async fn create_cluster(ctx: &Ctx, req: CreateClusterRequest) -> Result<Value, A
         ..Default::default()
     };
     match propose(ctx, Command::CreateCluster { cluster, tags }).await? {
-        Response::Cluster { cluster } => {
-            let tags = cluster_tags(ctx, &cluster)?;
-            let mut c = *cluster;
-            c.tags = if tags.is_empty() { None } else { Some(tags) };
-            Ok(json!({ "cluster": to_value(&c)? }))
-        }
+        Response::Cluster { cluster } => Ok(json!({ "cluster": to_value(&cluster)? })),
         other => Err(unexpected(other)),
     }
 }
@@ -616,15 +611,18 @@ fn not_found(arn: &str) -> ApiError {
 }
 
 /// Maps an ARN to the resource it names in this cluster.
-fn tag_target(ctx: &Ctx, arn: &str) -> Result<TagTarget, ApiError> {
+/// Maps an ARN to the resource it names in this cluster, and to the canonical ARN its tags
+/// are kept under (so `auth:01` and `auth:1` are the same resource).
+fn tag_target(ctx: &Ctx, arn: &str) -> Result<(String, TagTarget), ApiError> {
     let parsed = parse_arn(arn)?;
     if parsed.region != ctx.cfg.ctx.region || parsed.account_id != ctx.cfg.ctx.account_id {
         return Err(not_found(arn));
     }
+    let canonical = ctx.cfg.ctx.format(&parsed.resource);
     match parsed.resource {
-        ResourceArn::Cluster { name } => Ok(TagTarget::Cluster { name }),
+        ResourceArn::Cluster { name } => Ok((canonical, TagTarget::Cluster { name })),
         ResourceArn::TaskDefinition { family, revision } => {
-            Ok(TagTarget::TaskDefinition { family, revision })
+            Ok((canonical, TagTarget::TaskDefinition { family, revision }))
         }
         // Tasks, services and container instances arrive with later issues.
         _ => Err(not_found(arn)),
@@ -635,7 +633,7 @@ async fn tag_resource(ctx: &Ctx, req: TagRequest) -> Result<Value, ApiError> {
     let arn = required(&req.resource_arn, "resourceArn")?.to_string();
     let tags = req.tags.unwrap_or_default();
     validate_tags(&tags)?;
-    let target = tag_target(ctx, &arn)?;
+    let (arn, target) = tag_target(ctx, &arn)?;
     propose(ctx, Command::TagResource { arn, target, tags }).await?;
     Ok(json!({}))
 }
@@ -644,14 +642,14 @@ async fn untag_resource(ctx: &Ctx, req: TagRequest) -> Result<Value, ApiError> {
     let arn = required(&req.resource_arn, "resourceArn")?.to_string();
     let keys = req.tag_keys.unwrap_or_default();
     validate_tag_keys(&keys)?;
-    let target = tag_target(ctx, &arn)?;
+    let (arn, target) = tag_target(ctx, &arn)?;
     propose(ctx, Command::UntagResource { arn, target, keys }).await?;
     Ok(json!({}))
 }
 
 async fn list_tags_for_resource(ctx: &Ctx, req: TagRequest) -> Result<Value, ApiError> {
-    let arn = required(&req.resource_arn, "resourceArn")?.to_string();
-    let target = tag_target(ctx, &arn)?;
+    let given = required(&req.resource_arn, "resourceArn")?.to_string();
+    let (arn, target) = tag_target(ctx, &given)?;
     ctx.node.read_barrier().await?;
     let exists = match &target {
         TagTarget::Cluster { name } => {
@@ -669,7 +667,7 @@ async fn list_tags_for_resource(ctx: &Ctx, req: TagRequest) -> Result<Value, Api
             .is_some_and(|td| td.status.as_deref() != Some("DELETE_IN_PROGRESS")),
     };
     if !exists {
-        return Err(not_found(&arn));
+        return Err(not_found(&given));
     }
     Ok(json!({ "tags": to_value(&ctx.node.reader.tags(&arn).map_err(store_err)?)? }))
 }

@@ -10,7 +10,8 @@ use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::{Payload, Reply};
 use berth_store::{Node, NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -18,6 +19,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
+
+/// Largest gRPC message between servers.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// AppendEntries requests larger than this are split (openraft retries with fewer entries).
+const MAX_APPEND_BYTES: usize = 48 << 20;
 
 /// One lazily connected channel per peer address, shared by Raft replication and forwarding.
 #[derive(Clone, Default)]
@@ -42,14 +48,14 @@ impl Channels {
 
     pub fn raft(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         Ok(RaftClient::new(self.get(addr)?)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     pub fn cluster(&self, addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
         Ok(ClusterClient::new(self.get(addr)?)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 }
 
@@ -80,9 +86,9 @@ pub struct PeerConn {
 fn transport_err<E: std::error::Error>(status: &tonic::Status) -> RPCError<NodeId, Node, E> {
     let ioerr = std::io::Error::other(format!("{}: {}", status.code(), status.message()));
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::new(&ioerr))
-        }
+        // Only a peer we cannot connect to is unreachable (openraft backs off); a slow
+        // answer is retried at once.
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&ioerr)),
         _ => RPCError::Network(NetworkError::new(&ioerr)),
     }
 }
@@ -94,18 +100,16 @@ fn net_err<E: std::error::Error, X: std::error::Error + 'static>(
 }
 
 impl PeerConn {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &self,
         which: &'static str,
-        req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Node, E>>
     where
-        Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
-        let data = serde_json::to_vec(req).map_err(|e| net_err(&e))?;
         let mut client = self.channels.raft(&self.addr).map_err(|e| net_err(&e))?;
         let mut request = tonic::Request::new(Payload { data });
         request.set_timeout(option.hard_ttl());
@@ -122,7 +126,7 @@ impl PeerConn {
                     std::io::ErrorKind::TimedOut,
                     format!("{which} to {} timed out", self.addr),
                 );
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+                return Err(RPCError::Network(NetworkError::new(&e)));
             }
             Ok(Err(status)) => return Err(transport_err(&status)),
             Ok(Ok(r)) => r.into_inner(),
@@ -139,7 +143,15 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        let data = serde_json::to_vec(&rpc).map_err(|e| net_err(&e))?;
+        if data.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
+            // Ask openraft to send fewer entries per request instead of failing forever.
+            let hint = (rpc.entries.len() as u64 / 2).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.call("append", data, &option).await
     }
 
     async fn install_snapshot(
@@ -150,7 +162,8 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, &option).await
+        let data = serde_json::to_vec(&rpc).map_err(|e| net_err(&e))?;
+        self.call("snapshot", data, &option).await
     }
 
     async fn vote(
@@ -158,6 +171,7 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        let data = serde_json::to_vec(&rpc).map_err(|e| net_err(&e))?;
+        self.call("vote", data, &option).await
     }
 }

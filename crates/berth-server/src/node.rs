@@ -16,6 +16,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Most commands grouped into one Raft entry.
 const MAX_BATCH: usize = 256;
 /// Batches proposed concurrently; while they are in flight the next batch fills up.
@@ -190,6 +194,13 @@ impl ServerNode {
         if initialized {
             tracing::info!(node_id = self.id, "restarting with existing cluster state");
             self.elect_if_alone().await;
+            // A join interrupted after `add_learner` leaves this node a learner: finish it.
+            if let Some(addr) = join {
+                if !self.is_voter() {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.join_loop(addr).await });
+                }
+            }
             return Ok(());
         }
         match join {
@@ -224,19 +235,36 @@ impl ServerNode {
         }
     }
 
+    /// Whether this node is a voter in the membership it knows.
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id);
+        voter
+    }
+
     async fn join_loop(self: Arc<Self>, addr: String) {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0u32;
         loop {
+            if self.is_voter() {
+                tracing::info!(node_id = self.id, "this node is a voter");
+                return;
+            }
             attempt += 1;
             let res = async {
                 let mut client = self.channels.cluster(&addr).map_err(|e| e.to_string())?;
-                let reply = client
-                    .join(JoinRequest {
-                        node_id: self.id,
-                        raft_addr: self.advertise.clone(),
-                    })
+                // Joining waits for this node to catch up as a learner, which can take a while.
+                let call = client.join(JoinRequest {
+                    node_id: self.id,
+                    raft_addr: self.advertise.clone(),
+                });
+                let reply = tokio::time::timeout(JOIN_TIMEOUT, call)
                     .await
+                    .map_err(|_| "join timed out".to_string())?
                     .map_err(|s| format!("{}: {}", s.code(), s.message()))?
                     .into_inner();
                 if reply.error.is_empty() {
@@ -331,9 +359,9 @@ impl ServerNode {
     async fn forward(&self, addr: &str, req: &Request) -> Result<Option<Vec<Response>>, String> {
         let mut client = self.channels.cluster(addr).map_err(|e| e.to_string())?;
         let data = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-        let reply = client
-            .forward(Payload { data })
+        let reply = tokio::time::timeout(FORWARD_TIMEOUT, client.forward(Payload { data }))
             .await
+            .map_err(|_| format!("forward to {addr} timed out"))?
             .map_err(|s| format!("{}: {}", s.code(), s.message()))?
             .into_inner();
         if !reply.error.is_empty() {
@@ -382,9 +410,9 @@ impl ServerNode {
 
     async fn read_index(&self, addr: &str) -> Result<Option<u64>, String> {
         let mut client = self.channels.cluster(addr).map_err(|e| e.to_string())?;
-        let reply = client
-            .read_index(Empty {})
+        let reply = tokio::time::timeout(READ_INDEX_TIMEOUT, client.read_index(Empty {}))
             .await
+            .map_err(|_| format!("read index from {addr} timed out"))?
             .map_err(|s| format!("{}: {}", s.code(), s.message()))?
             .into_inner();
         if !reply.error.is_empty() {
@@ -402,10 +430,13 @@ impl ServerNode {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         if membership.voter_ids().any(|v| v == id) {
-            if membership.get_node(&id).map(|n| n.addr.as_str()) == Some(addr.as_str()) {
-                return Ok(());
-            }
-            return Err(format!("node id {id} is already a voter at another address; node ids must be unique and never reused"));
+            // A voter that asks to join again lost its data (its own membership would have
+            // told it it is a voter). Letting it back under the same id could lose
+            // acknowledged writes: it must come back with a new id.
+            return Err(format!(
+                "node id {id} is already a voter (at {}); a server whose data dir was wiped must join with a new --node-id (ids are never reused)",
+                membership.get_node(&id).map(|n| n.addr.as_str()).unwrap_or("?")
+            ));
         }
         self.raft
             .add_learner(id, Node { addr: addr.clone() }, true)
@@ -562,7 +593,12 @@ impl Cluster for GrpcService {
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             return client.join(JoinRequest { node_id, raft_addr }).await;
         }
-        match self.node.add_member(node_id, raft_addr).await {
+        // In its own task: a caller that goes away must not cancel a half-done change.
+        let node = self.node.clone();
+        let res = tokio::spawn(async move { node.add_member(node_id, raft_addr).await })
+            .await
+            .unwrap_or_else(|e| Err(format!("join task failed: {e}")));
+        match res {
             Ok(()) => Ok(tonic::Response::new(Reply::default())),
             Err(e) => Ok(self.not_leader(&e)),
         }

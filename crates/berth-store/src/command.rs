@@ -305,6 +305,12 @@ pub fn apply<R: KvRead + ?Sized>(
             let key = keys::cluster(&cluster.cluster_name.clone().unwrap_or_default());
             if let Some(existing) = st.get_json::<Cluster>(&key)? {
                 if existing.status.as_deref() == Some("ACTIVE") {
+                    // The answer carries the cluster's tags, read here so that it is right
+                    // whichever server the request came through.
+                    let mut existing = existing;
+                    let arn = existing.cluster_arn.clone().unwrap_or_default();
+                    let tags: Vec<Tag> = st.get_json(&keys::tags(&arn))?.unwrap_or_default();
+                    existing.tags = (!tags.is_empty()).then_some(tags);
                     return Ok(Response::Cluster {
                         cluster: Box::new(existing),
                     });
@@ -322,8 +328,10 @@ pub fn apply<R: KvRead + ?Sized>(
                 name: cluster.cluster_name.clone().unwrap_or_default(),
             });
             st.changes.push(Change::Tags { arn });
+            let mut answer = cluster.clone();
+            answer.tags = (!tags.is_empty()).then(|| tags.clone());
             Ok(Response::Cluster {
-                cluster: Box::new(cluster.clone()),
+                cluster: Box::new(answer),
             })
         }
         Command::UpdateCluster {
@@ -376,7 +384,11 @@ pub fn apply<R: KvRead + ?Sized>(
             // preconditions (ClusterContains*Exception) are checked here once they exist.
             c.status = Some("INACTIVE".to_string());
             st.put_json(key, &c)?;
+            // Tags go with the resource (ECS deletes them with it).
+            let arn = c.cluster_arn.clone().unwrap_or_default();
+            st.delete(keys::tags(&arn));
             st.changes.push(Change::Cluster { name: name.clone() });
+            st.changes.push(Change::Tags { arn });
             Ok(Response::Cluster {
                 cluster: Box::new(c),
             })
@@ -705,6 +717,35 @@ mod tests {
             error_of(&e).kind,
             berth_model::ErrorKind::ClusterNotFoundException
         );
+    }
+
+    #[test]
+    fn create_cluster_answers_with_its_tags_and_delete_drops_them() {
+        let mut s = Map::new();
+        let tags_of = |r: &Response| match r {
+            Response::Cluster { cluster } => cluster.tags.clone(),
+            other => panic!("{other:?}"),
+        };
+        let expected = Some(vec![Tag {
+            key: "env".into(),
+            value: "dev".into(),
+        }]);
+        assert_eq!(tags_of(&run(&mut s, cluster("a"))), expected);
+        // Creating it again answers with the stored tags, from the state machine itself.
+        let again = Command::CreateCluster {
+            cluster: Cluster {
+                cluster_name: Some("a".into()),
+                status: Some("ACTIVE".into()),
+                ..Default::default()
+            },
+            tags: vec![],
+        };
+        assert_eq!(tags_of(&run(&mut s, again)), expected);
+        run(&mut s, Command::DeleteCluster { name: "a".into() });
+        let stored: Option<Vec<Tag>> = Staged::new(&s)
+            .get_json(&keys::tags(&ctx().cluster("a")))
+            .unwrap();
+        assert_eq!(stored, None, "tags go with the deleted cluster");
     }
 
     #[test]
