@@ -23,8 +23,8 @@ use crate::{keys, DurableSnapshot, Node, NodeId, TypeConfig};
 /// How many revisions of change records are kept for watchers.
 pub const CHANGES_KEPT: u64 = 10_000;
 /// How long (by the proposers' clocks) a retried proposal is still recognised. Retries
-/// give up after 15 s, so a minute leaves a wide margin.
-pub const PROPOSAL_TTL_MS: u64 = 60_000;
+/// give up after 15 s, so this leaves a wide margin.
+pub const PROPOSAL_TTL_MS: u64 = 30_000;
 /// At most this many expired proposal records are dropped per entry (bounded apply work).
 const PROPOSAL_PRUNE_PER_ENTRY: usize = 64;
 
@@ -52,6 +52,62 @@ fn decode<T: serde::de::DeserializeOwned>(
         Some(v) => serde_json::from_slice(&v)
             .map(Some)
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)).into()),
+    }
+}
+
+/// What is kept of an answer for a retried proposal: registrations (the bulk of writes)
+/// are kept as a reference and rebuilt from state, so the records stay small.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "k", rename_all = "camelCase")]
+enum Recorded {
+    Full {
+        response: Response,
+    },
+    TaskDefinition {
+        family: String,
+        revision: u32,
+        tags: Vec<berth_model::Tag>,
+    },
+}
+
+impl Recorded {
+    fn of(r: &Response) -> Recorded {
+        match r {
+            Response::TaskDefinition {
+                task_definition,
+                tags,
+            } => Recorded::TaskDefinition {
+                family: task_definition.family.clone(),
+                revision: task_definition.revision,
+                tags: tags.clone(),
+            },
+            other => Recorded::Full {
+                response: other.clone(),
+            },
+        }
+    }
+
+    fn replay(self, sm: &sled::Tree) -> Result<Response, StoreError> {
+        Ok(match self {
+            Recorded::Full { response } => response,
+            Recorded::TaskDefinition {
+                family,
+                revision,
+                tags,
+            } => {
+                match Staged::new(sm as &dyn KvRead).get_json(&keys::task_def(&family, revision))? {
+                    Some(td) => Response::TaskDefinition {
+                        task_definition: Box::new(td),
+                        tags,
+                    },
+                    None => Response::Error {
+                        error: berth_model::ApiError::server(format!(
+                            "task definition {family}:{revision} of a retried request is missing"
+                        )),
+                    },
+                }
+            }
+        })
     }
 }
 
@@ -222,7 +278,11 @@ impl StateMachine {
                 };
                 if let Some(first) = seen {
                     // A retry of a proposal that is already applied: answer as the first time.
-                    let resps: Vec<Response> = serde_json::from_slice(&first)?;
+                    let recorded: Vec<Recorded> = serde_json::from_slice(&first)?;
+                    let resps = recorded
+                        .into_iter()
+                        .map(|r| r.replay(&self.sm))
+                        .collect::<Result<_, _>>()?;
                     (resps, Vec::new())
                 } else {
                     let tree: &sled::Tree = &self.sm;
@@ -235,7 +295,8 @@ impl StateMachine {
                         }
                     }
                     if let Some(id) = &req.id {
-                        batch.insert(keys::proposal(id), serde_json::to_vec(&resps)?);
+                        let recorded: Vec<Recorded> = resps.iter().map(Recorded::of).collect();
+                        batch.insert(keys::proposal(id), serde_json::to_vec(&recorded)?);
                         let rec = ProposalRecord {
                             id: id.clone(),
                             at_ms: req.at_ms,
