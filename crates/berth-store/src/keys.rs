@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn task_def_keys_sort_by_family_then_revision() {
-        let mut keys = vec![
+        let mut keys = [
             task_def("auth-x", 1),
             task_def("auth", 10),
             task_def("auth", 2),

@@ -1,4 +1,7 @@
 #![forbid(unsafe_code)]
+// openraft's `StorageError` is large and its storage traits return it; boxing it in our
+// helpers would only add allocations on the write path.
+#![allow(clippy::result_large_err)]
 //! berth-store: the replicated state of a berth cluster.
 //!
 //! * [`command`]: versioned commands and the deterministic [`command::apply`].

@@ -127,8 +127,14 @@ struct SnapshotStore {
     durable: DurableSnapshot,
 }
 
+/// A stored snapshot: its metadata and its data.
+type StoredSnapshot = (SnapshotMeta<NodeId, Node>, Vec<u8>);
+
+/// Key/value pairs of the state tree.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 impl SnapshotStore {
-    fn load(&self) -> Result<Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>, StorageError<NodeId>> {
+    fn load(&self) -> Result<Option<StoredSnapshot>, StorageError<NodeId>> {
         let Some(v) = self.tree.get(SNAP_CURRENT).map_err(|e| sm_err(&e))? else {
             return Ok(None);
         };
@@ -360,7 +366,7 @@ impl StateMachine {
 }
 
 /// Parses the snapshot format written by `dump`.
-pub fn parse_dump(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn parse_dump(mut data: &[u8]) -> Result<KvPairs, String> {
     let mut out = Vec::new();
     let take = |data: &mut &[u8]| -> Result<Vec<u8>, String> {
         if data.len() < 4 {

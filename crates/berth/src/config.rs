@@ -163,8 +163,8 @@ impl ServerConfig {
         }
         if errs.is_empty() {
             Ok(Valid {
-                api_addr: api_addr.unwrap_or_else(|| unreachable_addr()),
-                raft_addr: raft_addr.unwrap_or_else(|| unreachable_addr()),
+                api_addr: api_addr.unwrap_or_else(unreachable_addr),
+                raft_addr: raft_addr.unwrap_or_else(unreachable_addr),
                 keys,
                 cfg: self,
             })
