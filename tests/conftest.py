@@ -25,27 +25,26 @@ def _check_tools():
     yield
 
 
-@pytest.fixture(scope="module")
-def server():
-    """One single-node `berth server`, shared by the tests of a module.
-    Tests on it use unique names so they do not depend on each other."""
+def _single_server():
     node = h.BerthNode(1).start()
     try:
         node.wait_leader()
         yield node
     finally:
         node.cleanup()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One single-node `berth server`, shared by the tests of a module.
+    Tests on it use unique names so they do not depend on each other."""
+    yield from _single_server()
 
 
 @pytest.fixture
 def fresh_server():
     """A single-node `berth server` of the test's own (empty state)."""
-    node = h.BerthNode(1).start()
-    try:
-        node.wait_leader()
-        yield node
-    finally:
-        node.cleanup()
+    yield from _single_server()
 
 
 @pytest.fixture

@@ -615,6 +615,18 @@ mod tests {
         }
     }
 
+    /// CreateCluster for an existing name, with no tags.
+    fn recreate(name: &str) -> Command {
+        Command::CreateCluster {
+            cluster: Cluster {
+                cluster_name: Some(name.into()),
+                status: Some("ACTIVE".into()),
+                ..Default::default()
+            },
+            tags: vec![],
+        }
+    }
+
     fn register(family: &str) -> Command {
         let req: RegisterTaskDefinitionRequest = serde_json::from_value(serde_json::json!({
             "family": family,
@@ -649,14 +661,7 @@ mod tests {
     fn create_cluster_is_idempotent_and_keeps_the_first_tags() {
         let mut s = Map::new();
         run(&mut s, cluster("a"));
-        let again = Command::CreateCluster {
-            cluster: Cluster {
-                cluster_name: Some("a".into()),
-                status: Some("ACTIVE".into()),
-                ..Default::default()
-            },
-            tags: vec![],
-        };
+        let again = recreate("a");
         match run(&mut s, again) {
             Response::Cluster { cluster } => {
                 assert_eq!(
@@ -735,14 +740,7 @@ mod tests {
         }]);
         assert_eq!(tags_of(&run(&mut s, cluster("a"))), expected);
         // Creating it again answers with the stored tags, from the state machine itself.
-        let again = Command::CreateCluster {
-            cluster: Cluster {
-                cluster_name: Some("a".into()),
-                status: Some("ACTIVE".into()),
-                ..Default::default()
-            },
-            tags: vec![],
-        };
+        let again = recreate("a");
         assert_eq!(tags_of(&run(&mut s, again)), expected);
         run(&mut s, Command::DeleteCluster { name: "a".into() });
         let stored: Option<Vec<Tag>> = Staged::new(&s)

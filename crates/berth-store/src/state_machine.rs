@@ -533,8 +533,7 @@ mod tests {
             .temporary(true)
             .open()
             .unwrap();
-        let (tx, _rx) = watch::channel(0);
-        let mut sm = StateMachine::open(&db, Arc::new(tx)).unwrap();
+        let mut sm = open_sm(&db);
         let first = Request::new(register()).with_id("p1");
         let out = sm
             .apply(vec![
@@ -568,8 +567,7 @@ mod tests {
             .temporary(true)
             .open()
             .unwrap();
-        let (tx, _rx) = watch::channel(0);
-        let mut sm = StateMachine::open(&db, Arc::new(tx)).unwrap();
+        let mut sm = open_sm(&db);
         sm.apply(vec![entry(1, Request::new(register()).with_id("old"))])
             .await
             .unwrap();
