@@ -2,9 +2,11 @@
 //! pagination. Pure: no I/O, no clocks, no randomness.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod arn;
 pub mod error;
 pub mod paging;
+pub mod task;
 pub mod taskdef;
 pub mod types;
 pub mod validate;
@@ -16,6 +18,7 @@ pub use taskdef::{
     normalize_cpu, normalize_memory, parse_task_definition_ref, validate_register, TaskDefRef,
     TaskDefinitionSpec,
 };
+pub use task::*;
 pub use types::*;
 pub use validate::{
     is_valid_name, merge_tags, remove_tags, validate_cluster_name, validate_container_name,

@@ -1,0 +1,9 @@
+//! berth's agent: owns one machine. It is told the tasks that should run here and reconciles
+//! containerd and the network towards them, reporting every transition back to the servers.
+//!
+//! Every real system sits behind a seam: [`runtime::Runtime`] (containerd),
+//! [`network::Network`] (network namespaces and CNI). The reconcile loop only talks to those
+//! traits, so its decisions are tested against in-memory doubles.
+
+pub mod runtime;
+pub mod network;
