@@ -7,3 +7,10 @@
 
 pub mod runtime;
 pub mod network;
+pub mod containerd;
+pub mod spec;
+pub mod image;
+pub mod cni;
+pub mod netns;
+pub mod ports;
+pub mod logdriver;
