@@ -28,12 +28,18 @@ APT_PACKAGES=(
   pkg-config
 )
 
-# --- Later issues: runtime dependencies for the agent and end-to-end tests ----
-# (containerd, runc, CNI plugins, docker-registry, busybox-static, iproute2 ...)
-# Append them to this array when those issues land, e.g.:
-#   APT_PACKAGES+=(containerd runc containernetworking-plugins docker-registry busybox-static)
-# and start containerd here if its socket is absent.
-# ------------------------------------------------------------------------------
+# Runtime dependencies of the agent and its end-to-end tests: containerd + runc,
+# the CNI plugins (/usr/lib/cni), a registry to pull from, busybox for the test
+# image, and the network tools the tests and the CNI plugins call.
+APT_PACKAGES+=(
+  containerd
+  runc
+  containernetworking-plugins
+  docker-registry
+  busybox-static
+  iptables
+  iproute2
+)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
@@ -66,9 +72,56 @@ else
   say "WARNING: dpkg-query not found (not Debian?); checking commands only"
 fi
 
-for cmd in protoc cc pkg-config python3; do
+for cmd in protoc cc pkg-config python3 containerd ctr runc ip iptables; do
   command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' not found on PATH after package installation"
 done
+for f in /usr/bin/docker-registry /usr/bin/busybox /usr/lib/cni/bridge /usr/lib/cni/portmap /usr/lib/cni/host-local /usr/lib/cni/loopback; do
+  [ -x "$f" ] || die "$f missing after package installation"
+done
+
+# ---------------------------------------------------------------------------
+# 1b. containerd running, IPv4 forwarding on (the agent's CNI bridge needs both)
+# ---------------------------------------------------------------------------
+CONTAINERD_SOCK=/run/containerd/containerd.sock
+CONTAINERD_LOG=/var/log/berth-ci-containerd.log
+CONTAINERD_WAIT="${CONTAINERD_WAIT:-30}"   # seconds
+
+containerd_answers() {
+  [ -S "$CONTAINERD_SOCK" ] && "${SUDO[@]}" timeout 5 ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1
+}
+
+if containerd_answers; then
+  say "containerd is running ($CONTAINERD_SOCK)"
+else
+  if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+    die "containerd is not running and starting it needs root (run this script as root, or install sudo)"
+  fi
+  if [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ] && command -v systemctl >/dev/null 2>&1; then
+    say "starting containerd (systemctl start containerd)"
+    "${SUDO[@]}" systemctl start containerd || die "systemctl start containerd failed (see: journalctl -u containerd)"
+  else
+    say "starting containerd in the background (log: $CONTAINERD_LOG)"
+    # setsid: its own session, so it outlives this script and a Ctrl-C of the test run.
+    "${SUDO[@]}" sh -c "setsid nohup containerd >>'$CONTAINERD_LOG' 2>&1 </dev/null &" \
+      || die "could not start containerd"
+  fi
+  deadline=$(( $(date +%s) + CONTAINERD_WAIT ))
+  until containerd_answers; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      tail -n 30 "$CONTAINERD_LOG" 2>/dev/null >&2 || true
+      die "containerd did not answer on $CONTAINERD_SOCK within ${CONTAINERD_WAIT}s (log: $CONTAINERD_LOG, or journalctl -u containerd)"
+    fi
+    sleep 0.2
+  done
+  say "containerd is up ($CONTAINERD_SOCK)"
+fi
+
+if [ "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)" != "1" ]; then
+  say "enabling net.ipv4.ip_forward"
+  # (not `sysctl`: procps is not on every minimal image)
+  echo 1 | "${SUDO[@]}" tee /proc/sys/net/ipv4/ip_forward >/dev/null \
+    || die "could not set net.ipv4.ip_forward=1 (writing /proc/sys/net/ipv4/ip_forward failed)"
+fi
 
 # ---------------------------------------------------------------------------
 # 2. Rust toolchain (installed by rustup on CI machines; never downloaded here)
@@ -92,6 +145,7 @@ PY_REQS=(
   "boto3"
   "pytest"
   "pytest-timeout"
+  "bcrypt"          # htpasswd file of the tests' registry with basic auth
 )
 
 PYTHON="${PYTHON:-python3}"
@@ -127,7 +181,7 @@ else
 fi
 
 "$VENV/bin/aws" --version >/dev/null 2>&1 || die "$VENV/bin/aws does not run"
-"$VENV/bin/python" -c 'import boto3, pytest, pytest_timeout' >/dev/null 2>&1 \
-  || die "boto3/pytest/pytest-timeout not importable in $VENV"
+"$VENV/bin/python" -c 'import boto3, pytest, pytest_timeout, bcrypt' >/dev/null 2>&1 \
+  || die "boto3/pytest/pytest-timeout/bcrypt not importable in $VENV"
 say "aws: $("$VENV/bin/aws" --version 2>&1)"
 say "done"
