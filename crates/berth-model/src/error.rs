@@ -24,6 +24,8 @@ pub enum ErrorKind {
     LimitExceededException,
     ConflictException,
     ThrottlingException,
+    TargetNotFoundException,
+    AttributeLimitExceededException,
 }
 
 impl ErrorKind {
@@ -50,6 +52,8 @@ impl ErrorKind {
             ErrorKind::LimitExceededException => "LimitExceededException",
             ErrorKind::ConflictException => "ConflictException",
             ErrorKind::ThrottlingException => "ThrottlingException",
+            ErrorKind::TargetNotFoundException => "TargetNotFoundException",
+            ErrorKind::AttributeLimitExceededException => "AttributeLimitExceededException",
         }
     }
 
@@ -158,6 +162,8 @@ mod tests {
             ErrorKind::LimitExceededException,
             ErrorKind::ConflictException,
             ErrorKind::ThrottlingException,
+            ErrorKind::TargetNotFoundException,
+            ErrorKind::AttributeLimitExceededException,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

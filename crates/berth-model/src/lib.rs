@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod arn;
+pub mod cql;
 pub mod error;
 pub mod paging;
 pub mod task;
