@@ -117,10 +117,13 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 # Every node ever started in this session, so conftest can print their logs
 # when a test fails.
 ALL_NODES: list["BerthNode"] = []
+# Likewise every agent and registry (defined in the agent section below).
+ALL_AGENTS: list["AgentProcess"] = []
+ALL_REGISTRIES: list["Registry"] = []
 
 
-def _http_get_json(port: int, path: str, timeout: float = 2.0) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def _http_get_json(port: int, path: str, timeout: float = 2.0, host: str = "127.0.0.1") -> tuple[int, Any]:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -143,7 +146,7 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 def _kill_leftovers() -> None:
-    for n in ALL_NODES:
+    for n in [*ALL_AGENTS, *ALL_NODES, *ALL_REGISTRIES]:
         p = getattr(n, "proc", None)
         if p is not None and p.poll() is None:
             p.kill()
@@ -158,8 +161,14 @@ class BerthNode:
     """One `berth server` process with its own data dir and log file."""
 
     def __init__(self, node_id: int = 1, join: Optional[str] = None, workdir: Optional[Path] = None,
-                 extra_args: Optional[list[str]] = None, access_keys: Optional[list[str]] = None):
+                 extra_args: Optional[list[str]] = None, access_keys: Optional[list[str]] = None,
+                 join_token: Optional[str] = None, host: str = "127.0.0.1"):
+        """`join_token`: passed as `--join-token` (agents must present it); `host`: the
+        address both the API and the Raft/cluster port listen on (agents in other
+        network namespaces need a non-loopback one)."""
         self.node_id = node_id
+        self.host = host
+        self.join_token = join_token
         self.api_port = free_port()
         self.raft_port = free_port()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"berth-node{node_id}-"))
@@ -175,11 +184,12 @@ class BerthNode:
     # -- addresses -----------------------------------------------------
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     @property
     def raft_addr(self) -> str:
-        return f"127.0.0.1:{self.raft_port}"
+        """host:port of the Raft/cluster port (agents connect here too)."""
+        return f"{self.host}:{self.raft_port}"
 
     def __repr__(self) -> str:
         return f"<berth node {self.node_id} api={self.api_port} raft={self.raft_port}>"
@@ -190,7 +200,7 @@ class BerthNode:
             str(BERTH_BIN), "server",
             "--node-id", str(self.node_id),
             "--data-dir", str(self.data_dir),
-            "--api-addr", f"127.0.0.1:{self.api_port}",
+            "--api-addr", f"{self.host}:{self.api_port}",
             "--raft-addr", self.raft_addr,
             "--region", REGION,
             "--account-id", ACCOUNT,
@@ -199,6 +209,8 @@ class BerthNode:
             a += ["--access-key", k]
         if self.join:
             a += ["--join", self.join]
+        if self.join_token:
+            a += ["--join-token", self.join_token]
         return a + self.extra_args
 
     def start(self) -> "BerthNode":
@@ -255,13 +267,13 @@ class BerthNode:
     def healthz(self) -> Optional[dict]:
         """The /healthz JSON (whatever the status code), or None if unreachable."""
         try:
-            _, body = _http_get_json(self.api_port, "/healthz")
+            _, body = _http_get_json(self.api_port, "/healthz", host=self.host)
         except OSError:
             return None
         return body if isinstance(body, dict) else None
 
     def status(self) -> Any:
-        _, body = _http_get_json(self.api_port, "/status")
+        _, body = _http_get_json(self.api_port, "/status", host=self.host)
         return body
 
     def _not_dead(self) -> None:
@@ -629,3 +641,626 @@ AUTH_TASKDEF = {
 def simple_taskdef(family: str, image: str = "busybox") -> dict:
     return {"family": family,
             "containerDefinitions": [{"name": "main", "image": image, "memory": 64, "essential": True}]}
+
+
+# ---------------------------------------------------------------------------
+# Agents: containerd, a registry, network namespaces, tasks
+# ---------------------------------------------------------------------------
+#
+# The agent tests run the real `berth agent` against the machine's containerd
+# (started by scripts/install-deps.sh), the distribution's CNI plugins and a
+# `docker-registry` on loopback. Assertions go through the AWS CLI and the
+# `berth` client commands; `ctr` is used for fault injection and cleanup only.
+
+JOIN_TOKEN = "berth-test-join-token"
+CONTAINERD_SOCK = Path("/run/containerd/containerd.sock")
+CTR = shutil.which("ctr") or "/usr/bin/ctr"
+DOCKER_REGISTRY = Path("/usr/bin/docker-registry")
+TEST_REPO = "berth-test"
+# Every agent of this session uses its own containerd namespace `<SESSION_NS>-<agent id>`.
+SESSION_NS = f"berthtest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+DYNAMIC_PORTS = range(49153, 65536)
+# The attribute every AgentProcess adds, so a test can tell its container instances apart.
+AGENT_ID_ATTRIBUTE = "berth-test-agent"
+
+
+def require_containerd() -> None:
+    """Skip only when asked to (BERTH_SKIP_CONTAINERD=1); otherwise a machine that
+    cannot run the agent tests fails them loudly with what is missing."""
+    import pytest
+
+    if os.environ.get("BERTH_SKIP_CONTAINERD") == "1":
+        pytest.skip("BERTH_SKIP_CONTAINERD=1: skipping tests that need root, containerd and CNI")
+    if os.geteuid() != 0:
+        pytest.fail("the agent tests need root (containerd, CNI, network namespaces); run them as root "
+                    "or set BERTH_SKIP_CONTAINERD=1 to skip them", pytrace=False)
+    if not CONTAINERD_SOCK.is_socket():
+        pytest.fail(f"containerd is not running ({CONTAINERD_SOCK} is absent): run scripts/install-deps.sh, "
+                    "which starts it, or set BERTH_SKIP_CONTAINERD=1", pytrace=False)
+    r = ctr("version", check=False, timeout=10)
+    if r.returncode != 0:
+        pytest.fail(f"containerd does not answer on {CONTAINERD_SOCK}: {r.stderr.strip()} "
+                    "(run scripts/install-deps.sh)", pytrace=False)
+
+
+def run_cmd(*argv: str, check: bool = True, timeout: float = 30,
+            input: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run a helper command (ip, ctr, nsenter); with check, fail naming it and its stderr."""
+    p = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+                       input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(f"`{' '.join(map(str, argv))}` exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def ctr(*args: str, namespace: Optional[str] = None, check: bool = True,
+        timeout: float = 30) -> subprocess.CompletedProcess:
+    argv = [CTR, "--address", str(CONTAINERD_SOCK)]
+    if namespace:
+        argv += ["--namespace", namespace]
+    return run_cmd(*argv, *args, check=check, timeout=timeout)
+
+
+def _ctr_ids(namespace: str, *what: str) -> list[str]:
+    r = ctr(*what, "ls", "-q", namespace=namespace, check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
+
+
+def cleanup_containerd_namespace(namespace: str) -> None:
+    """Best effort: kill and delete every task, container, image and lease of a
+    containerd namespace, then the namespace itself. Cleanup only, never an assertion."""
+    for t in _ctr_ids(namespace, "tasks"):
+        ctr("tasks", "kill", "--signal", "SIGKILL", t, namespace=namespace, check=False)
+    for t in _ctr_ids(namespace, "tasks"):
+        ctr("tasks", "rm", "--force", t, namespace=namespace, check=False)
+    for c in _ctr_ids(namespace, "containers"):
+        ctr("containers", "rm", c, namespace=namespace, check=False)
+    for lease in _ctr_ids(namespace, "leases"):
+        ctr("leases", "rm", lease, namespace=namespace, check=False)
+    images = _ctr_ids(namespace, "images")
+    if images:
+        ctr("images", "rm", "--sync", *images, namespace=namespace, check=False)
+    deadline = time.monotonic() + 10
+    while True:
+        r = ctr("namespaces", "rm", namespace, check=False)
+        if r.returncode == 0 or "not found" in r.stderr or time.monotonic() > deadline:
+            break
+        # content and snapshots go away with containerd's garbage collection
+        time.sleep(0.2)
+
+
+def http_get(url: str, timeout: float = 3) -> tuple[int, str]:
+    """GET `url`; (status, body). Raises OSError when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except urllib.error.URLError as e:
+        raise OSError(f"GET {url}: {e.reason}") from e
+
+
+def http_answers(url: str, timeout: float = 2) -> bool:
+    try:
+        http_get(url, timeout)
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+# -- registry ------------------------------------------------------------
+
+
+class Registry:
+    """A `docker-registry serve` on `host`:<free port> with its storage in a temp dir,
+    optionally with basic auth (an htpasswd file with a bcrypt hash)."""
+
+    def __init__(self, host: str = "127.0.0.1", auth: Optional[tuple[str, str]] = None,
+                 workdir: Optional[Path] = None):
+        self.host = host
+        self.port = free_port()
+        self.auth = auth
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="berth-registry-"))
+        self.log_path = self.workdir / "registry.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self._log_fh = None
+        self.log_label = f"registry {self.addr}"
+        ALL_REGISTRIES.append(self)
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def image(self, tag: str = "1", repo: str = TEST_REPO) -> str:
+        """The image reference the test image was pushed as, e.g. 127.0.0.1:5123/berth-test:1."""
+        return f"{self.addr}/{repo}:{tag}"
+
+    def _config(self) -> str:
+        cfg = (
+            "version: 0.1\n"
+            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'storage'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.addr}\n  secret: berth-test-secret\n"
+        )
+        if self.auth:
+            import bcrypt
+
+            user, password = self.auth
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=6, prefix=b"2a")).decode()
+            (self.workdir / "htpasswd").write_text(f"{user}:{hashed}\n")
+            cfg += f"auth:\n  htpasswd:\n    realm: berth-test\n    path: {self.workdir / 'htpasswd'}\n"
+        return cfg
+
+    def start(self, timeout: float = READY_TIMEOUT) -> "Registry":
+        if not DOCKER_REGISTRY.exists():
+            raise AssertionError(f"{DOCKER_REGISTRY} not found: run scripts/install-deps.sh (docker-registry)")
+        (self.workdir / "storage").mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.yml"
+        config.write_text(self._config())
+        self._log_fh = open(self.log_path, "ab", buffering=0)
+        self.proc = subprocess.Popen([str(DOCKER_REGISTRY), "serve", str(config)], stdout=self._log_fh,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"docker-registry exited {self.proc.returncode}:\n{tail(self.log_text())}")
+            status, _ = _http_get_json(self.port, "/v2/", host=self.host)
+            return status in (200, 401)
+
+        wait_until(up, timeout, f"docker-registry on {self.addr} to answer GET /v2/",
+                   on_timeout=lambda: tail(self.log_text()))
+        return self
+
+    def push_test_image(self, tags: tuple[str, ...] = ("1", "latest"), repo: str = TEST_REPO,
+                        cmd: Optional[list[str]] = None) -> None:
+        import images
+
+        for tag in tags:
+            images.push_to_registry(self.addr, repo, tag, cmd=cmd, auth=self.auth)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self._log_fh:
+            self._log_fh.close()
+            self._log_fh = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# -- agent ---------------------------------------------------------------
+
+
+class AgentProcess:
+    """One `berth agent` process (optionally inside a network namespace) with its own
+    data dir, containerd namespace and log file.
+
+        berth agent --server <server's cluster (raft) host:port> --cluster <c>
+                    --join-token <t> --data-dir <d> --namespace <containerd ns>
+                    [--attribute k=v ...] [--availability-zone z] [--host-ip ip]
+                    [--cni-bridge name --cni-subnet cidr] [--insecure-registry addr ...]
+                    [--registry-credential NAME=user:password ...]
+
+    Every agent also gets `--attribute berth-test-agent=<self.id>` so a test can find
+    its container instance. In a network namespace it runs under
+    `nsenter --net=/run/netns/<netns>` (not `ip netns exec`, which would also give it a
+    private mount namespace, hiding the task network namespaces it mounts from runc).
+    """
+
+    def __init__(self, server: "BerthNode | str", cluster: str, *, name: str = "agent",
+                 join_token: str = JOIN_TOKEN, workdir: Optional[Path] = None,
+                 attributes: Optional[dict[str, str]] = None, availability_zone: Optional[str] = None,
+                 host_ip: Optional[str] = None, namespace: Optional[str] = None,
+                 cni_bridge: Optional[str] = None, cni_subnet: Optional[str] = None,
+                 insecure_registries: tuple[str, ...] | list[str] = (),
+                 registry_credentials: Optional[dict[str, str]] = None,
+                 netns: Optional[str] = None, extra_args: Optional[list[str]] = None):
+        self.server_addr = server.raft_addr if isinstance(server, BerthNode) else server
+        self.cluster = cluster
+        self.id = unique(name)
+        self.join_token = join_token
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"berth-{name}-"))
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "agent.log"
+        self.attributes = dict(attributes or {})
+        self.availability_zone = availability_zone
+        self.host_ip = host_ip
+        self.namespace = namespace or f"{SESSION_NS}-{self.id}"
+        self.cni_bridge = cni_bridge
+        self.cni_subnet = cni_subnet
+        self.insecure_registries = list(insecure_registries)
+        self.registry_credentials = dict(registry_credentials or {})
+        self.netns = netns
+        self.extra_args = list(extra_args or [])
+        self.proc: Optional[subprocess.Popen] = None
+        self._log_fh = None
+        self.log_label = f"berth agent {self.id}" + (f" (netns {netns})" if netns else "")
+        ALL_AGENTS.append(self)
+
+    def __repr__(self) -> str:
+        return f"<{self.log_label} ns={self.namespace}>"
+
+    def args(self) -> list[str]:
+        a = [
+            str(BERTH_BIN), "agent",
+            "--server", self.server_addr,
+            "--cluster", self.cluster,
+            "--join-token", self.join_token,
+            "--data-dir", str(self.data_dir),
+            "--namespace", self.namespace,
+        ]
+        for k, v in {**self.attributes, AGENT_ID_ATTRIBUTE: self.id}.items():
+            a += ["--attribute", f"{k}={v}"]
+        if self.availability_zone:
+            a += ["--availability-zone", self.availability_zone]
+        if self.host_ip:
+            a += ["--host-ip", self.host_ip]
+        if self.cni_bridge:
+            a += ["--cni-bridge", self.cni_bridge]
+        if self.cni_subnet:
+            a += ["--cni-subnet", self.cni_subnet]
+        for r in self.insecure_registries:
+            a += ["--insecure-registry", r]
+        for name, cred in self.registry_credentials.items():
+            a += ["--registry-credential", f"{name}={cred}"]
+        a += self.extra_args
+        if self.netns:
+            a = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *a]
+        return a
+
+    # -- lifecycle -----------------------------------------------------
+    def start(self) -> "AgentProcess":
+        if not BERTH_BIN.exists():
+            raise AssertionError(f"berth binary not found at {BERTH_BIN} (set BERTH_BIN or run cargo build -p berth)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_fh = open(self.log_path, "ab", buffering=0)
+        self._log_fh.write(f"\n===== start: {' '.join(self.args())}\n".encode())
+        self.proc = subprocess.Popen(self.args(), stdout=self._log_fh, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=server_env(), cwd=self.workdir)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash would (its containers keep running under their shims)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        if self._log_fh:
+            self._log_fh.write(b"\n===== killed with SIGKILL by the test\n")
+            self._log_fh.close()
+            self._log_fh = None
+
+    def stop(self, timeout: float = 15) -> Optional[int]:
+        """SIGTERM and wait; returns the exit code (None if it was not running)."""
+        rc = None
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                rc = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                if self._log_fh:
+                    self._log_fh.write(f"\n===== did not exit within {timeout}s of SIGTERM; killed\n".encode())
+        if self._log_fh:
+            self._log_fh.close()
+            self._log_fh = None
+        return rc
+
+    def restart(self) -> "AgentProcess":
+        """Start again with the same data dir and flags (after kill9() or stop())."""
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        """Stop the agent, remove what it left in containerd and its CNI bridge, and its files."""
+        self.stop()
+        cleanup_containerd_namespace(self.namespace)
+        if self.cni_bridge and not self.netns:
+            run_cmd("ip", "link", "del", self.cni_bridge, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- observation ---------------------------------------------------
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def logs(self) -> str:
+        return self.log_text()
+
+    def container_instance(self, node: BerthNode) -> Optional[dict]:
+        """This agent's container instance as DescribeContainerInstances shows it (or None)."""
+        arns = aws("ecs", "list-container-instances", "--cluster", self.cluster, node=node).json
+        arns = arns.get("containerInstanceArns", [])
+        if not arns:
+            return None
+        d = aws("ecs", "describe-container-instances", "--cluster", self.cluster,
+                "--container-instances", *arns, node=node).json
+        for ci in d.get("containerInstances", []):
+            attrs = {a["name"]: a.get("value") for a in ci.get("attributes", [])}
+            if attrs.get(AGENT_ID_ATTRIBUTE) == self.id:
+                return ci
+        return None
+
+    def _not_dead(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self} exited with code {self.proc.returncode}.\n--- log ---\n{tail(self.log_text())}")
+
+    def wait_connected(self, node: BerthNode, timeout: float = 30) -> dict:
+        """Wait until the server shows this agent's container instance ACTIVE with
+        agentConnected true; return it."""
+        def ok():
+            self._not_dead()
+            ci = self.container_instance(node)
+            return ci if ci and ci.get("agentConnected") is True and ci.get("status") == "ACTIVE" else None
+        return wait_until(ok, timeout, f"{self} to register and show agentConnected=true", interval=0.3,
+                          on_timeout=lambda: f"--- agent log ---\n{tail(self.log_text())}")
+
+    def wait_disconnected(self, node: BerthNode, timeout: float = 30) -> dict:
+        def ok():
+            ci = self.container_instance(node)
+            return ci if ci and ci.get("agentConnected") is False else None
+        return wait_until(ok, timeout, f"the server to show {self} with agentConnected=false", interval=0.3)
+
+
+# -- hosts: network namespaces as machines ---------------------------------
+
+
+class NetnsHosts:
+    """Two "machines" on one: network namespaces berth-h1 (10.99.0.11) and berth-h2
+    (10.99.0.12), each with a veth to the root-namespace bridge berthtest-br
+    (10.99.0.1/24) and a default route through it."""
+
+    BRIDGE = "berthtest-br"
+    GATEWAY = "10.99.0.1"
+    PREFIX = 24
+    HOSTS = (("berth-h1", "10.99.0.11"), ("berth-h2", "10.99.0.12"))
+
+    @staticmethod
+    def veth(ns: str) -> str:
+        return f"bt-{ns}"[:15]  # root-side end of the namespace's veth
+
+    def ip_of(self, ns: str) -> str:
+        return dict(self.HOSTS)[ns]
+
+    @property
+    def names(self) -> list[str]:
+        return [ns for ns, _ in self.HOSTS]
+
+    def run(self, ns: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run a command inside a host's network namespace."""
+        return run_cmd("nsenter", f"--net=/run/netns/{ns}", "--", *argv, check=check, timeout=timeout)
+
+    def create(self) -> "NetnsHosts":
+        self.teardown()  # whatever a crashed earlier run left behind
+        run_cmd("ip", "link", "add", self.BRIDGE, "type", "bridge")
+        run_cmd("ip", "addr", "add", f"{self.GATEWAY}/{self.PREFIX}", "dev", self.BRIDGE)
+        run_cmd("ip", "link", "set", self.BRIDGE, "up")
+        for ns, addr in self.HOSTS:
+            run_cmd("ip", "netns", "add", ns)
+            run_cmd("ip", "link", "add", self.veth(ns), "type", "veth", "peer", "name", "eth0", "netns", ns)
+            run_cmd("ip", "link", "set", self.veth(ns), "master", self.BRIDGE, "up")
+            run_cmd("ip", "-n", ns, "link", "set", "lo", "up")
+            run_cmd("ip", "-n", ns, "addr", "add", f"{addr}/{self.PREFIX}", "dev", "eth0")
+            run_cmd("ip", "-n", ns, "link", "set", "eth0", "up")
+            run_cmd("ip", "-n", ns, "route", "add", "default", "via", self.GATEWAY)
+            # forwarding is per network namespace; the agent's CNI bridge needs it there
+            self.run(ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        return self
+
+    def teardown(self) -> None:
+        for ns, _ in self.HOSTS:
+            run_cmd("ip", "netns", "del", ns, check=False)
+            run_cmd("ip", "link", "del", self.veth(ns), check=False)
+        run_cmd("ip", "link", "del", self.BRIDGE, check=False)
+
+
+# -- containerd itself -------------------------------------------------------
+
+
+def containerd_pids() -> list[int]:
+    """The containerd daemon's pid(s) (not its shims)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == "containerd":
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def restart_containerd(timeout: float = 30) -> None:
+    """Restart containerd the way scripts/install-deps.sh starts it (systemd if it is
+    PID 1, else a detached `containerd` logging to /var/log/berth-ci-containerd.log).
+    Its shims, and so the running containers, survive."""
+    systemd = Path("/proc/1/comm").read_text().strip() == "systemd" and shutil.which("systemctl")
+    if systemd:
+        run_cmd("systemctl", "restart", "containerd", timeout=timeout)
+    else:
+        old = containerd_pids()
+        for pid in old:
+            os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in old), timeout,
+                   f"containerd (pids {old}) to exit after SIGTERM")
+        run_cmd("sh", "-c", "setsid nohup containerd >>/var/log/berth-ci-containerd.log 2>&1 </dev/null &")
+    wait_until(lambda: ctr("version", check=False, timeout=5).returncode == 0, timeout,
+               f"containerd to answer on {CONTAINERD_SOCK} again")
+
+
+# -- berth client commands (logs, image import) ------------------------------
+
+
+def berth_client_env(node: Optional[BerthNode] = None) -> dict[str, str]:
+    """What `berth logs` & co. get: the same credentials and region the AWS CLI gets,
+    and the endpoint as the standard AWS_ENDPOINT_URL(_ECS)."""
+    env = base_env(cli_home())
+    env.update({
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "RUST_BACKTRACE": "1",
+    })
+    if node is not None:
+        env["AWS_ENDPOINT_URL"] = node.endpoint
+        env["AWS_ENDPOINT_URL_ECS"] = node.endpoint
+    return env
+
+
+def berth(*args: str, node: Optional[BerthNode] = None, expect_rc: Optional[int] = 0,
+          timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a `berth` client command (e.g. `logs`, `image import`)."""
+    p = subprocess.run([str(BERTH_BIN), *args], capture_output=True, text=True, timeout=timeout,
+                       env=berth_client_env(node), stdin=subprocess.DEVNULL)
+    if expect_rc is not None and p.returncode != expect_rc:
+        raise AssertionError(f"`berth {' '.join(args)}` exited {p.returncode}, expected {expect_rc}\n"
+                             f"--- stdout ---\n{p.stdout}\n--- stderr ---\n{p.stderr}")
+    return p
+
+
+def berth_popen(*args: str, node: Optional[BerthNode] = None) -> subprocess.Popen:
+    """Start a long-running `berth` client command (e.g. `logs -f`), stdout piped as text."""
+    return subprocess.Popen([str(BERTH_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=berth_client_env(node), stdin=subprocess.DEVNULL)
+
+
+# -- servers and clusters for agents -----------------------------------------
+
+
+def start_agent_server(host: str = "127.0.0.1", extra_args: Optional[list[str]] = None,
+                       cluster: Optional[str] = None) -> tuple[BerthNode, str]:
+    """A single `berth server` that accepts agents (--join-token JOIN_TOKEN) and a
+    cluster created on it with the AWS CLI; returns (node, cluster name)."""
+    node = BerthNode(1, join_token=JOIN_TOKEN, host=host, extra_args=extra_args).start()
+    try:
+        node.wait_leader()
+        cluster = cluster or unique("agents")
+        aws("ecs", "create-cluster", "--cluster-name", cluster, node=node)
+    except BaseException:
+        node.cleanup()
+        raise
+    return node, cluster
+
+
+# -- tasks through the AWS CLI -------------------------------------------------
+
+
+def task_id(task_arn: str) -> str:
+    return task_arn.rsplit("/", 1)[-1]
+
+
+def register_task_definition(node: BerthNode, taskdef: dict) -> dict:
+    """RegisterTaskDefinition; returns the taskDefinition."""
+    return aws("ecs", "register-task-definition", "--cli-input-json", json.dumps(taskdef),
+               node=node).json["taskDefinition"]
+
+
+def run_task_raw(node: BerthNode, cluster: str, task_definition: str, *, count: int = 1,
+                 started_by: Optional[str] = None, network_configuration: Optional[dict] = None,
+                 overrides: Optional[dict] = None, expect_rc: Optional[int] = 0) -> CliResult:
+    args = ["ecs", "run-task", "--cluster", cluster, "--task-definition", task_definition,
+            "--count", str(count)]
+    if started_by:
+        args += ["--started-by", started_by]
+    if network_configuration:
+        args += ["--network-configuration", json.dumps(network_configuration)]
+    if overrides:
+        args += ["--overrides", json.dumps(overrides)]
+    return aws(*args, node=node, expect_rc=expect_rc)
+
+
+def run_task(node: BerthNode, cluster: str, task_definition: str, count: int = 1, **kw) -> list[dict]:
+    """RunTask that must place every task; returns the tasks."""
+    res = run_task_raw(node, cluster, task_definition, count=count, **kw).json
+    assert not res.get("failures"), f"RunTask failures: {res['failures']}"
+    assert len(res.get("tasks", [])) == count, f"RunTask returned {len(res.get('tasks', []))} tasks: {res}"
+    return res["tasks"]
+
+
+def describe_task(node: BerthNode, cluster: str, task_arn: str) -> dict:
+    res = aws("ecs", "describe-tasks", "--cluster", cluster, "--tasks", task_arn, node=node).json
+    assert not res.get("failures"), f"DescribeTasks failures for {task_arn}: {res['failures']}"
+    (task,) = res["tasks"]
+    return task
+
+
+def stop_task(node: BerthNode, cluster: str, task_arn: str, reason: Optional[str] = None) -> dict:
+    args = ["ecs", "stop-task", "--cluster", cluster, "--task", task_arn]
+    if reason is not None:
+        args += ["--reason", reason]
+    return aws(*args, node=node).json["task"]
+
+
+def wait_task(node: BerthNode, cluster: str, task_arn: str, cond: "str | Callable[[dict], Any]",
+              timeout: float = 60, what: Optional[str] = None,
+              agents: tuple["AgentProcess", ...] | list["AgentProcess"] = ()) -> dict:
+    """Poll DescribeTasks until `cond(task)` holds (a string means lastStatus == it);
+    return the task. On timeout, show the last task seen and the agents' log tails."""
+    seen: dict = {}
+    if isinstance(cond, str):
+        status = cond
+        cond = lambda t: t.get("lastStatus") == status  # noqa: E731
+        what = what or f"task {task_id(task_arn)} to reach lastStatus {status}"
+
+    def check():
+        t = describe_task(node, cluster, task_arn)
+        seen["task"] = t
+        return t if cond(t) else None
+
+    def report() -> str:
+        out = f"last task seen: {json.dumps(seen.get('task'), indent=1, default=str)[:6000]}"
+        for a in agents:
+            out += f"\n--- {a.log_label} log ---\n{tail(a.log_text(), 60)}"
+        return out
+
+    return wait_until(check, timeout, what or f"a condition on task {task_id(task_arn)}", interval=0.3,
+                      on_timeout=report)
+
+
+def task_container(task: dict, name: str) -> dict:
+    for c in task.get("containers", []):
+        if c.get("name") == name:
+            return c
+    raise AssertionError(f"task {task.get('taskArn')} has no container {name!r}: "
+                         f"{[c.get('name') for c in task.get('containers', [])]}")
+
+
+def host_port(task: dict, container: str, container_port: Optional[int] = None) -> int:
+    """The hostPort a container's (only / given) containerPort is bound to."""
+    bindings = task_container(task, container).get("networkBindings") or []
+    if container_port is not None:
+        bindings = [b for b in bindings if b.get("containerPort") == container_port]
+    assert len(bindings) == 1, f"expected one network binding for {container}:{container_port}, got {bindings}"
+    return int(bindings[0]["hostPort"])
+
+
+def list_tasks(node: BerthNode, cluster: str, *args: str) -> list[str]:
+    return aws("ecs", "list-tasks", "--cluster", cluster, *args, node=node).json.get("taskArns", [])
