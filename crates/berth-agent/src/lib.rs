@@ -14,3 +14,14 @@ pub mod cni;
 pub mod netns;
 pub mod ports;
 pub mod logdriver;
+pub mod agent;
+pub mod engine;
+pub mod health;
+pub mod session;
+pub mod state;
+pub mod taskspec;
+
+/// Position of a task status in ECS's lifecycle order (unknown words sort first).
+pub fn state_rank(s: &str) -> usize {
+    berth_model::task_status_rank(s).unwrap_or(0)
+}
