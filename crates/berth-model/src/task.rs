@@ -179,7 +179,9 @@ pub struct ContainerInstance {
     pub status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
-    pub agent_connected: bool,
+    /// Always set by the store (ECS always sends it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_connected: Option<bool>,
     pub running_tasks_count: i64,
     pub pending_tasks_count: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,6 +421,10 @@ impl ContainerInstanceRecord {
 
     pub fn status(&self) -> &str {
         self.instance.status.as_deref().unwrap_or("")
+    }
+
+    pub fn agent_connected(&self) -> bool {
+        self.instance.agent_connected.unwrap_or(false)
     }
 }
 

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use berth_model::{
-    ApiError, ArnContext, Cluster, ClusterSetting, Failure, Tag, TaskDefinition, TaskDefinitionSpec,
+    ApiError, ArnContext, Attribute, Cluster, ClusterSetting, Container, ContainerInstance,
+    Failure, Reservation, Tag, Task, TaskDefinition, TaskDefinitionSpec, TaskOverride,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +130,102 @@ pub enum Command {
         target: TagTarget,
         keys: Vec<String>,
     },
+    /// An agent's hello: register (or re-register) its machine as a container instance.
+    #[serde(rename_all = "camelCase")]
+    RegisterContainerInstance {
+        ctx: ArnContext,
+        hello: berth_model::agent::Hello,
+        at: f64,
+    },
+    /// The agent's session opened or closed (unknown or INACTIVE instance: no-op).
+    #[serde(rename_all = "camelCase")]
+    SetAgentConnected {
+        cluster: String,
+        instance_id: String,
+        connected: bool,
+        at: f64,
+    },
+    /// Observed task states from an agent. Never moves a task backwards.
+    #[serde(rename_all = "camelCase")]
+    ReportTasks {
+        cluster: String,
+        instance_id: String,
+        reports: Vec<berth_model::agent::TaskReport>,
+        at: f64,
+    },
+    /// Create tasks on the instances the API's placement chose (re-checked here).
+    #[serde(rename_all = "camelCase")]
+    RunTasks {
+        ctx: ArnContext,
+        cluster: String,
+        tasks: Vec<NewTask>,
+        client_token: Option<String>,
+        at: f64,
+    },
+    #[serde(rename_all = "camelCase")]
+    StopTask {
+        cluster: String,
+        task_id: String,
+        reason: String,
+        stop_code: String,
+        at: f64,
+    },
+    #[serde(rename_all = "camelCase")]
+    DeregisterContainerInstance {
+        cluster: String,
+        instance_id: String,
+        force: bool,
+        at: f64,
+    },
+    #[serde(rename_all = "camelCase")]
+    UpdateContainerInstancesState {
+        cluster: String,
+        instance_ids: Vec<String>,
+        status: String,
+        at: f64,
+    },
+    /// Custom attributes; `targetId` of each is the container instance id.
+    #[serde(rename_all = "camelCase")]
+    PutAttributes {
+        cluster: String,
+        attributes: Vec<Attribute>,
+    },
+    #[serde(rename_all = "camelCase")]
+    DeleteAttributes {
+        cluster: String,
+        attributes: Vec<Attribute>,
+    },
+    /// Forget STOPPED tasks that stopped before `before` (and client tokens older than it).
+    #[serde(rename_all = "camelCase")]
+    PurgeStoppedTasks { cluster: String, before: f64 },
+}
+
+/// One task to create, fully decided by the API layer (id, placement, containers).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NewTask {
+    /// 32 lowercase hex characters.
+    pub task_id: String,
+    pub task_definition_arn: String,
+    pub family: String,
+    pub revision: u32,
+    /// The container instance the task is placed on.
+    pub instance_id: String,
+    pub group: String,
+    pub started_by: Option<String>,
+    pub overrides: TaskOverride,
+    pub tags: Vec<Tag>,
+    /// Task-level `cpu`/`memory` as the task definition (or overrides) give them.
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    /// Containers with ARN, name, image and cpu/memory; status is set by apply.
+    pub containers: Vec<Container>,
+    /// What the task needs on its instance.
+    pub reservation: Reservation,
+    pub network_mode: Option<String>,
+    /// `EC2` | `EXTERNAL`
+    pub launch_type: String,
+    pub enable_execute_command: bool,
 }
 
 impl Command {
@@ -142,6 +239,16 @@ impl Command {
             Command::DeleteTaskDefinitions { .. } => "DeleteTaskDefinitions",
             Command::TagResource { .. } => "TagResource",
             Command::UntagResource { .. } => "UntagResource",
+            Command::RegisterContainerInstance { .. } => "RegisterContainerInstance",
+            Command::SetAgentConnected { .. } => "SetAgentConnected",
+            Command::ReportTasks { .. } => "ReportTasks",
+            Command::RunTasks { .. } => "RunTasks",
+            Command::StopTask { .. } => "StopTask",
+            Command::DeregisterContainerInstance { .. } => "DeregisterContainerInstance",
+            Command::UpdateContainerInstancesState { .. } => "UpdateContainerInstancesState",
+            Command::PutAttributes { .. } => "PutAttributes",
+            Command::DeleteAttributes { .. } => "DeleteAttributes",
+            Command::PurgeStoppedTasks { .. } => "PurgeStoppedTasks",
         }
     }
 }
@@ -165,6 +272,25 @@ pub enum Response {
         task_definitions: Vec<TaskDefinition>,
         failures: Vec<Failure>,
     },
+    #[serde(rename_all = "camelCase")]
+    ContainerInstance {
+        container_instance: Box<ContainerInstance>,
+    },
+    #[serde(rename_all = "camelCase")]
+    ContainerInstances {
+        container_instances: Vec<ContainerInstance>,
+        failures: Vec<Failure>,
+    },
+    Task {
+        task: Box<Task>,
+    },
+    Tasks {
+        tasks: Vec<Task>,
+        failures: Vec<Failure>,
+    },
+    Attributes {
+        attributes: Vec<Attribute>,
+    },
     /// A deterministic refusal: nothing was written.
     Error {
         error: ApiError,
@@ -179,6 +305,13 @@ pub enum Change {
     TaskDefinition { family: String, revision: u32 },
     Tags { arn: String },
     Membership,
+    ContainerInstance { cluster: String, id: String },
+    #[serde(rename_all = "camelCase")]
+    Task {
+        cluster: String,
+        id: String,
+        instance_id: String,
+    },
 }
 
 /// Family bookkeeping that outlives every revision: revisions are never reused.
@@ -206,17 +339,36 @@ pub enum StoreError {
 /// Read access to state (the sled tree in production, a map in tests).
 pub trait KvRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every key/value pair whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvList, StoreError>;
 }
+
+/// Key/value pairs in key order.
+pub type KvList = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl KvRead for sled::Tree {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sled::Tree::get(self, key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvList, StoreError> {
+        sled::Tree::scan_prefix(self, prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Into::into))
+            .collect()
     }
 }
 
 impl KvRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(BTreeMap::get(self, key).cloned())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvList, StoreError> {
+        Ok(self
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -230,6 +382,23 @@ pub struct Staged<'a, R: KvRead + ?Sized> {
 impl<R: KvRead + ?Sized> KvRead for Staged<'_, R> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_raw(key)
+    }
+
+    /// The base's pairs overlaid with the staged writes and deletes.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KvList, StoreError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.base.scan_prefix(prefix)?.into_iter().collect();
+        for (k, v) in self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_iter().collect())
     }
 }
 
@@ -383,8 +552,10 @@ pub fn apply<R: KvRead + ?Sized>(
                     cluster: Box::new(c),
                 });
             }
-            // Container instances, services and tasks arrive with later issues; their
-            // preconditions (ClusterContains*Exception) are checked here once they exist.
+            // Services arrive with a later issue; their precondition goes here too.
+            if let Some(e) = crate::tasks::delete_cluster_precondition(st, name)? {
+                return Ok(err(e));
+            }
             c.status = Some("INACTIVE".to_string());
             st.put_json(key, &c)?;
             // Tags go with the resource (ECS deletes them with it).
@@ -528,10 +699,62 @@ pub fn apply<R: KvRead + ?Sized>(
             st.changes.push(Change::Tags { arn: arn.clone() });
             Ok(Response::Ok)
         }
+        Command::RegisterContainerInstance { ctx, hello, at } => {
+            crate::tasks::register_container_instance(st, ctx, hello, *at)
+        }
+        Command::SetAgentConnected {
+            cluster,
+            instance_id,
+            connected,
+            at,
+        } => crate::tasks::set_agent_connected(st, cluster, instance_id, *connected, *at),
+        Command::ReportTasks {
+            cluster,
+            instance_id,
+            reports,
+            at,
+        } => crate::tasks::report_tasks(st, cluster, instance_id, reports, *at),
+        Command::RunTasks {
+            ctx,
+            cluster,
+            tasks,
+            client_token,
+            at,
+        } => crate::tasks::run_tasks(st, ctx, cluster, tasks, client_token.as_deref(), *at),
+        Command::StopTask {
+            cluster,
+            task_id,
+            reason,
+            stop_code,
+            at,
+        } => crate::tasks::stop_task(st, cluster, task_id, reason, stop_code, *at),
+        Command::DeregisterContainerInstance {
+            cluster,
+            instance_id,
+            force,
+            at,
+        } => crate::tasks::deregister_container_instance(st, cluster, instance_id, *force, *at),
+        Command::UpdateContainerInstancesState {
+            cluster,
+            instance_ids,
+            status,
+            at,
+        } => crate::tasks::update_container_instances_state(st, cluster, instance_ids, status, *at),
+        Command::PutAttributes {
+            cluster,
+            attributes,
+        } => crate::tasks::put_attributes(st, cluster, attributes),
+        Command::DeleteAttributes {
+            cluster,
+            attributes,
+        } => crate::tasks::delete_attributes(st, cluster, attributes),
+        Command::PurgeStoppedTasks { cluster, before } => {
+            crate::tasks::purge_stopped_tasks(st, cluster, *before)
+        }
     }
 }
 
-fn err(error: ApiError) -> Response {
+pub(crate) fn err(error: ApiError) -> Response {
     Response::Error { error }
 }
 

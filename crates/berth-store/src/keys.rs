@@ -10,6 +10,15 @@ pub const REVISION: &[u8] = b"rev\0";
 pub const PROPOSAL: &[u8] = b"req\0";
 /// `reqidx\0{index}` -> the proposal id applied at that index (for pruning).
 pub const PROPOSAL_INDEX: &[u8] = b"reqidx\0";
+/// `ci\0{cluster}\0{id}` -> ContainerInstanceRecord
+pub const INSTANCE: &[u8] = b"ci\0";
+/// `tk\0{cluster}\0{id}` -> TaskRecord
+pub const TASK: &[u8] = b"tk\0";
+/// `tx\0{cluster}\0{kind}\0{value}\0{task id}` -> empty: task indexes (instance,
+/// family, startedBy, desiredStatus), so lists never scan every task.
+pub const TASK_INDEX: &[u8] = b"tx\0";
+/// `tok\0{cluster}\0{clientToken}` -> the task ids a RunTask created.
+pub const CLIENT_TOKEN: &[u8] = b"tok\0";
 pub const META_LAST_APPLIED: &[u8] = b"m\0last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"m\0membership";
 
@@ -62,6 +71,72 @@ pub fn tags(arn: &str) -> Vec<u8> {
     join(TAGS, &[arn.as_bytes()])
 }
 
+/// All container instances of a cluster: `ci\0{cluster}\0`.
+pub fn instance_prefix(cluster: &str) -> Vec<u8> {
+    let mut k = join(INSTANCE, &[cluster.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn instance(cluster: &str, id: &str) -> Vec<u8> {
+    join(INSTANCE, &[cluster.as_bytes(), id.as_bytes()])
+}
+
+/// All tasks of a cluster: `tk\0{cluster}\0`.
+pub fn task_prefix(cluster: &str) -> Vec<u8> {
+    let mut k = join(TASK, &[cluster.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn task(cluster: &str, id: &str) -> Vec<u8> {
+    join(TASK, &[cluster.as_bytes(), id.as_bytes()])
+}
+
+/// A task index: which property of a task it is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskIndexKind {
+    Instance,
+    Family,
+    StartedBy,
+    DesiredStatus,
+}
+
+impl TaskIndexKind {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            TaskIndexKind::Instance => b"i",
+            TaskIndexKind::Family => b"f",
+            TaskIndexKind::StartedBy => b"s",
+            TaskIndexKind::DesiredStatus => b"d",
+        }
+    }
+}
+
+/// The ids of tasks whose `kind` equals `value`: `tx\0{cluster}\0{kind}\0{value}\0`.
+pub fn task_index_prefix(cluster: &str, kind: TaskIndexKind, value: &str) -> Vec<u8> {
+    let mut k = join(TASK_INDEX, &[cluster.as_bytes(), kind.tag(), value.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn task_index(cluster: &str, kind: TaskIndexKind, value: &str, task_id: &str) -> Vec<u8> {
+    let mut k = task_index_prefix(cluster, kind, value);
+    k.extend_from_slice(task_id.as_bytes());
+    k
+}
+
+/// Client tokens of a cluster: `tok\0{cluster}\0`.
+pub fn client_token_prefix(cluster: &str) -> Vec<u8> {
+    let mut k = join(CLIENT_TOKEN, &[cluster.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn client_token(cluster: &str, token: &str) -> Vec<u8> {
+    join(CLIENT_TOKEN, &[cluster.as_bytes(), token.as_bytes()])
+}
+
 pub fn proposal(id: &str) -> Vec<u8> {
     join(PROPOSAL, &[id.as_bytes()])
 }
@@ -101,6 +176,19 @@ mod tests {
                 ("auth_".to_string(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn cluster_prefixes_do_not_overlap() {
+        // "a" must not see "ab"'s instances or tasks.
+        assert!(!instance("ab", "x").starts_with(&instance_prefix("a")));
+        assert!(instance("a", "x").starts_with(&instance_prefix("a")));
+        assert!(!task("ab", "x").starts_with(&task_prefix("a")));
+        let i = task_index("a", TaskIndexKind::Family, "web", "t1");
+        assert!(i.starts_with(&task_index_prefix("a", TaskIndexKind::Family, "web")));
+        assert!(!i.starts_with(&task_index_prefix("a", TaskIndexKind::Family, "we")));
+        // no new prefix collides with the cluster prefix
+        assert!(!instance("a", "x").starts_with(CLUSTER));
     }
 
     #[test]

@@ -12,17 +12,21 @@ pub mod command;
 pub mod keys;
 pub mod log_store;
 pub mod state_machine;
+pub mod tasks;
 
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
-use berth_model::{Cluster, Tag, TaskDefinition};
+use berth_model::{Cluster, ContainerInstanceRecord, Tag, TaskDefinition, TaskRecord};
 use tokio::sync::watch;
 
 pub use command::{
-    Change, Command, FamilyMeta, Request, Response, StoreError, TagTarget, COMMAND_VERSION,
+    Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget,
+    COMMAND_VERSION,
 };
+pub use keys::TaskIndexKind;
+pub use tasks::{ClusterCounts, Remaining};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
@@ -245,6 +249,64 @@ impl StateReader {
 
     pub fn tags(&self, arn: &str) -> Result<Vec<Tag>, StoreError> {
         Ok(self.get(&keys::tags(arn))?.unwrap_or_default())
+    }
+
+    /// A container instance with its computed members (`remainingResources`,
+    /// `runningTasksCount`, `pendingTasksCount`) filled in.
+    pub fn container_instance(
+        &self,
+        cluster: &str,
+        id: &str,
+    ) -> Result<Option<ContainerInstanceRecord>, StoreError> {
+        match tasks::load_instance(&self.sm, cluster, id)? {
+            None => Ok(None),
+            Some(rec) => tasks::decorated_instance(&self.sm, cluster, rec).map(Some),
+        }
+    }
+
+    /// Every container instance of a cluster (INACTIVE ones included), by id, decorated.
+    pub fn container_instances(
+        &self,
+        cluster: &str,
+    ) -> Result<Vec<ContainerInstanceRecord>, StoreError> {
+        tasks::instances_of_cluster(&self.sm, cluster)?
+            .into_iter()
+            .map(|rec| tasks::decorated_instance(&self.sm, cluster, rec))
+            .collect()
+    }
+
+    pub fn task(&self, cluster: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        tasks::load_task(&self.sm, cluster, id)
+    }
+
+    /// Every task the store keeps on an instance (STOPPED ones still retained included).
+    pub fn tasks_on_instance(
+        &self,
+        cluster: &str,
+        instance_id: &str,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        tasks::tasks_on_instance(&self.sm, cluster, instance_id)
+    }
+
+    /// Every task of a cluster, by id.
+    pub fn tasks(&self, cluster: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        tasks::tasks_of_cluster(&self.sm, cluster)
+    }
+
+    /// Ids of the tasks whose instance / family / startedBy / desiredStatus is `value`,
+    /// by id, from the index (no scan of other tasks).
+    pub fn task_ids_by(
+        &self,
+        cluster: &str,
+        kind: TaskIndexKind,
+        value: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        tasks::task_ids_by(&self.sm, cluster, kind, value)
+    }
+
+    /// `registeredContainerInstancesCount`, `runningTasksCount`, `pendingTasksCount`.
+    pub fn cluster_counts(&self, cluster: &str) -> Result<ClusterCounts, StoreError> {
+        tasks::cluster_counts(&self.sm, cluster)
     }
 
     /// The changes of every revision after `after`, oldest first.
