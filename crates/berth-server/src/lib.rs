@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! berth-server: the Raft network and node, the ECS API front door, and authentication.
 
+pub mod agent_service;
 pub mod api;
 pub mod ecs;
 pub mod network;

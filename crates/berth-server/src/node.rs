@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub logs_kept_after_snapshot: u64,
     /// How long a write or read waits for a leader before giving up.
     pub leader_wait: Duration,
+    /// Admission and liveness of agents (served on the same gRPC port).
+    pub agents: crate::agent_service::AgentSettings,
 }
 
 impl NodeConfig {
@@ -68,6 +70,10 @@ impl NodeConfig {
             snapshot_every: 5000,
             logs_kept_after_snapshot: 1000,
             leader_wait: Duration::from_secs(15),
+            agents: crate::agent_service::AgentSettings::new(berth_model::ArnContext::new(
+                "us-east-1",
+                "123456789012",
+            )),
         }
     }
 }
@@ -82,6 +88,7 @@ pub struct ServerNode {
     membership_lock: Mutex<()>,
     leader_wait: Duration,
     writes: mpsc::Sender<PendingWrite>,
+    pub agent_settings: crate::agent_service::AgentSettings,
 }
 
 fn server_err(e: impl std::fmt::Display) -> ApiError {
@@ -148,6 +155,7 @@ impl ServerNode {
             membership_lock: Mutex::new(()),
             leader_wait: cfg.leader_wait,
             writes,
+            agent_settings: cfg.agents.clone(),
         });
         tokio::spawn(batcher(Arc::downgrade(&node), writes_rx));
 
@@ -159,6 +167,7 @@ impl ServerNode {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let svc = GrpcService { node: node.clone() };
+        let agent_svc = crate::agent_service::service(node.clone());
         let mut shutdown = shutdown;
         tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
@@ -167,6 +176,7 @@ impl ServerNode {
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20),
                 )
+                .add_service(agent_svc)
                 .add_service(
                     ClusterServer::new(svc)
                         .max_decoding_message_size(64 << 20)
@@ -450,6 +460,18 @@ impl ServerNode {
             .map_err(|e| e.to_string())?;
         tracing::info!(node_id = id, %addr, "added a voter");
         Ok(())
+    }
+
+    /// Cluster addresses of every member, this one first.
+    pub fn member_addrs(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let mut out = vec![self.advertise.clone()];
+        for (_, n) in m.membership_config.membership().nodes() {
+            if !out.contains(&n.addr) {
+                out.push(n.addr.clone());
+            }
+        }
+        out
     }
 
     pub fn metrics_json(&self) -> serde_json::Value {
