@@ -1185,11 +1185,14 @@ def register_task_definition(node: BerthNode, taskdef: dict) -> dict:
 
 def run_task_raw(node: BerthNode, cluster: str, task_definition: str, *, count: int = 1,
                  started_by: Optional[str] = None, network_configuration: Optional[dict] = None,
-                 overrides: Optional[dict] = None, expect_rc: Optional[int] = 0) -> CliResult:
+                 overrides: Optional[dict] = None, placement_strategy: Optional[list[dict]] = None,
+                 expect_rc: Optional[int] = 0) -> CliResult:
     args = ["ecs", "run-task", "--cluster", cluster, "--task-definition", task_definition,
             "--count", str(count)]
     if started_by:
         args += ["--started-by", started_by]
+    if placement_strategy:
+        args += ["--placement-strategy", json.dumps(placement_strategy)]
     if network_configuration:
         args += ["--network-configuration", json.dumps(network_configuration)]
     if overrides:
@@ -1264,3 +1267,59 @@ def host_port(task: dict, container: str, container_port: Optional[int] = None) 
 
 def list_tasks(node: BerthNode, cluster: str, *args: str) -> list[str]:
     return aws("ecs", "list-tasks", "--cluster", cluster, *args, node=node).json.get("taskArns", [])
+
+
+def container_def(name: str, image: str, **kw: Any) -> dict:
+    """A container definition with the tests' defaults: 64 MiB, essential, and a 2 s
+    stopTimeout (SIGKILL soon after SIGTERM, so a stop never waits ECS's default 30 s)."""
+    d = {"name": name, "image": image, "memory": 64, "essential": True, "stopTimeout": 2}
+    d.update(kw)
+    return d
+
+
+class AgentEnv:
+    """A server, a cluster on it and the agents of one test module, with the task
+    operations the agent tests use (all through the AWS CLI)."""
+
+    def __init__(self, node: BerthNode, cluster: str, agents: list[AgentProcess],
+                 registry: Optional[Registry] = None):
+        self.node = node
+        self.cluster = cluster
+        self.agents = agents
+        self.registry = registry
+
+    @property
+    def agent(self) -> AgentProcess:
+        return self.agents[0]
+
+    def register(self, taskdef: dict) -> str:
+        """Register (the family gets a unique suffix); returns family:revision."""
+        td = register_task_definition(self.node, {**taskdef, "family": unique(taskdef.get("family", "t"))})
+        return f"{td['family']}:{td['revision']}"
+
+    def run(self, task_definition: str, count: int = 1, **kw) -> list[dict]:
+        return run_task(self.node, self.cluster, task_definition, count=count, **kw)
+
+    def run_one(self, task_definition: str, **kw) -> dict:
+        return self.run(task_definition, 1, **kw)[0]
+
+    def run_raw(self, task_definition: str, **kw) -> CliResult:
+        return run_task_raw(self.node, self.cluster, task_definition, **kw)
+
+    def describe(self, task_arn: str) -> dict:
+        return describe_task(self.node, self.cluster, task_arn)
+
+    def wait(self, task_arn: str, cond: "str | Callable[[dict], Any]", timeout: float = 60,
+             what: Optional[str] = None) -> dict:
+        return wait_task(self.node, self.cluster, task_arn, cond, timeout, what, agents=self.agents)
+
+    def stop(self, task_arn: str, reason: Optional[str] = None) -> dict:
+        return stop_task(self.node, self.cluster, task_arn, reason)
+
+    def list_tasks(self, *args: str) -> list[str]:
+        return list_tasks(self.node, self.cluster, *args)
+
+    def stop_all(self) -> None:
+        """Best effort: ask the server to stop every task of the cluster (test cleanup)."""
+        for arn in self.list_tasks():
+            aws("ecs", "stop-task", "--cluster", self.cluster, "--task", arn, node=self.node, expect_rc=None)

@@ -60,13 +60,16 @@ GROUP = "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n"
 
 def serve_script(port: Optional[int] = None) -> str:
     """The shell one-liner the image runs by default: write the page, serve it with
-    busybox httpd in the foreground. With `port`, listen there instead of ${PORT:-80}."""
+    busybox httpd. With `port`, listen there instead of ${PORT:-80}."""
     p = str(port) if port is not None else "${PORT:-80}"
+    # httpd runs as a child of sh, which (as PID 1 of the container) would ignore SIGTERM
+    # without a trap: with it, a stop takes effect at once and exits 143, as a real app would.
     return (
-        "mkdir -p /tmp/www && "
+        "mkdir -p /tmp/www; "
         'echo "task=${BERTH_TASK_ID} container=${BERTH_CONTAINER_NAME} '
-        'cluster=${BERTH_CLUSTER} arn=${BERTH_TASK_ARN}" > /tmp/www/index.html && '
-        f"exec httpd -f -p {p} -h /tmp/www"
+        'cluster=${BERTH_CLUSTER} arn=${BERTH_TASK_ARN}" > /tmp/www/index.html; '
+        "trap 'exit 143' TERM INT; "
+        f"httpd -f -p {p} -h /tmp/www & wait"
     )
 
 
