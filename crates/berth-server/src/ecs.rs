@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::Ctx;
+use crate::ecs_tasks;
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -33,7 +34,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
+pub(crate) fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> {
     match v.as_deref() {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(ApiError::invalid(format!(
@@ -42,11 +43,11 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, ApiError> 
     }
 }
 
-fn store_err(e: berth_store::StoreError) -> ApiError {
+pub(crate) fn store_err(e: berth_store::StoreError) -> ApiError {
     ApiError::server(format!("state store error: {e}"))
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
+pub(crate) fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::server(format!("encode response: {e}")))
 }
 
@@ -66,6 +67,24 @@ pub async fn dispatch(ctx: &Ctx, op: &str, body: &[u8]) -> Result<Value, ApiErro
         "TagResource" => tag_resource(ctx, parse(body)?).await,
         "UntagResource" => untag_resource(ctx, parse(body)?).await,
         "ListTagsForResource" => list_tags_for_resource(ctx, parse(body)?).await,
+        "DescribeContainerInstances" => {
+            ecs_tasks::describe_container_instances(ctx, parse(body)?).await
+        }
+        "ListContainerInstances" => ecs_tasks::list_container_instances(ctx, parse(body)?).await,
+        "DeregisterContainerInstance" => {
+            ecs_tasks::deregister_container_instance(ctx, parse(body)?).await
+        }
+        "UpdateContainerInstancesState" => {
+            ecs_tasks::update_container_instances_state(ctx, parse(body)?).await
+        }
+        "PutAttributes" => ecs_tasks::put_attributes(ctx, parse(body)?).await,
+        "DeleteAttributes" => ecs_tasks::delete_attributes(ctx, parse(body)?).await,
+        "ListAttributes" => ecs_tasks::list_attributes(ctx, parse(body)?).await,
+        "RunTask" => ecs_tasks::run_task(ctx, parse(body)?).await,
+        "StartTask" => ecs_tasks::start_task(ctx, parse(body)?).await,
+        "StopTask" => ecs_tasks::stop_task(ctx, parse(body)?).await,
+        "DescribeTasks" => ecs_tasks::describe_tasks(ctx, parse(body)?).await,
+        "ListTasks" => ecs_tasks::list_tasks(ctx, parse(body)?).await,
         other => Err(ApiError::new(
             ErrorKind::UnknownOperationException,
             format!("Operation '{other}' is not supported by this berth server."),
@@ -74,7 +93,7 @@ pub async fn dispatch(ctx: &Ctx, op: &str, body: &[u8]) -> Result<Value, ApiErro
 }
 
 /// The result of a proposed command, or its deterministic refusal.
-async fn propose(ctx: &Ctx, cmd: Command) -> Result<Response, ApiError> {
+pub(crate) async fn propose(ctx: &Ctx, cmd: Command) -> Result<Response, ApiError> {
     match ctx.node.write(cmd).await? {
         Response::Error { error } => Err(error),
         r => Ok(r),
@@ -150,7 +169,7 @@ async fn create_cluster(ctx: &Ctx, req: CreateClusterRequest) -> Result<Value, A
     }
 }
 
-fn unexpected(r: Response) -> ApiError {
+pub(crate) fn unexpected(r: Response) -> ApiError {
     ApiError::server(format!("unexpected state-machine response: {r:?}"))
 }
 
@@ -234,6 +253,10 @@ async fn describe_clusters(ctx: &Ctx, req: DescribeClustersRequest) -> Result<Va
                 detail: None,
             }),
             Some(mut c) => {
+                let counts = ctx.node.reader.cluster_counts(&name).map_err(store_err)?;
+                c.registered_container_instances_count = counts.registered_container_instances;
+                c.running_tasks_count = counts.running_tasks;
+                c.pending_tasks_count = counts.pending_tasks;
                 if include.contains("TAGS") {
                     let tags = cluster_tags(ctx, &c)?;
                     c.tags = Some(tags);
@@ -280,7 +303,7 @@ async fn list_clusters(ctx: &Ctx, req: ListRequest) -> Result<Value, ApiError> {
     Ok(with_token(json!({ "clusterArns": arns }), next))
 }
 
-fn with_token(mut v: Value, next: Option<String>) -> Value {
+pub(crate) fn with_token(mut v: Value, next: Option<String>) -> Value {
     if let (Some(t), Some(o)) = (next, v.as_object_mut()) {
         o.insert("nextToken".into(), Value::String(t));
     }
@@ -367,7 +390,7 @@ fn unable_to_describe() -> ApiError {
 }
 
 /// Resolves `family`, `family:revision` or an ARN against applied state.
-fn resolve_task_definition(ctx: &Ctx, s: &str) -> Result<Option<TaskDefinition>, ApiError> {
+pub(crate) fn resolve_task_definition(ctx: &Ctx, s: &str) -> Result<Option<TaskDefinition>, ApiError> {
     let r = parse_task_definition_ref(s)?;
     match r.revision {
         Some(rev) => ctx

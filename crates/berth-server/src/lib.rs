@@ -4,8 +4,10 @@
 pub mod agent_service;
 pub mod api;
 pub mod ecs;
+pub mod ecs_tasks;
 pub mod network;
 pub mod node;
+pub mod placement;
 pub mod sigv4;
 
 pub use api::{ApiConfig, AuthMode};
