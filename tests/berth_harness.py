@@ -1136,20 +1136,21 @@ def berth_client_env(node: Optional[BerthNode] = None) -> dict[str, str]:
 
 
 def berth(*args: str, node: Optional[BerthNode] = None, expect_rc: Optional[int] = 0,
-          timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run a `berth` client command (e.g. `logs`, `image import`)."""
+          timeout: float = 60, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run a `berth` client command (e.g. `logs`, `image import`); `env` adds variables."""
     p = subprocess.run([str(BERTH_BIN), *args], capture_output=True, text=True, timeout=timeout,
-                       env=berth_client_env(node), stdin=subprocess.DEVNULL)
+                       env={**berth_client_env(node), **(env or {})}, stdin=subprocess.DEVNULL)
     if expect_rc is not None and p.returncode != expect_rc:
         raise AssertionError(f"`berth {' '.join(args)}` exited {p.returncode}, expected {expect_rc}\n"
                              f"--- stdout ---\n{p.stdout}\n--- stderr ---\n{p.stderr}")
     return p
 
 
-def berth_popen(*args: str, node: Optional[BerthNode] = None) -> subprocess.Popen:
+def berth_popen(*args: str, node: Optional[BerthNode] = None,
+                env: Optional[dict[str, str]] = None) -> subprocess.Popen:
     """Start a long-running `berth` client command (e.g. `logs -f`), stdout piped as text."""
     return subprocess.Popen([str(BERTH_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=berth_client_env(node), stdin=subprocess.DEVNULL)
+                            text=True, env={**berth_client_env(node), **(env or {})}, stdin=subprocess.DEVNULL)
 
 
 # -- servers and clusters for agents -----------------------------------------

@@ -436,15 +436,19 @@ def test_berth_logs_prints_and_follows_a_containers_output(env, image):
     env.wait(arn, "RUNNING", timeout=60)
     tid = h.task_id(arn)
 
+    # `berth logs` runs on the machine of the task and reads that agent's data dir
+    # (--data-dir, or BERTH_AGENT_DATA_DIR as here); the endpoint env is there too.
+    logs_env = {"BERTH_AGENT_DATA_DIR": str(env.agent.data_dir)}
+
     def printed():
-        out = h.berth("logs", "--cluster", env.cluster, tid, node=env.node).stdout
+        out = h.berth("logs", tid, node=env.node, env=logs_env).stdout
         return out if marker in out and "tick-1" in out else None
 
     out = h.wait_until(printed, 30, f"`berth logs` to print {marker} and tick-1", interval=0.5)
     # (lines may carry a prefix such as a timestamp or the container's name)
     last = max(int(n) for n in re.findall(r"\btick-(\d+)\b", out))
 
-    proc = h.berth_popen("logs", "-f", "--cluster", env.cluster, tid, node=env.node)
+    proc = h.berth_popen("logs", "-f", tid, node=env.node, env=logs_env)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
