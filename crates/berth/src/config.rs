@@ -28,6 +28,10 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    /// Token agents present to join. Absent: generated once into `<data-dir>/join-token`.
+    pub join_token: Option<String>,
+    /// An agent silent for this long is marked disconnected (e.g. "15s", "500ms", "2m").
+    pub agent_heartbeat_timeout: String,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +53,8 @@ impl Default for ServerConfig {
             snapshot_every: 5000,
             heartbeat_ms: 100,
             election_timeout_ms: 500,
+            join_token: None,
+            agent_heartbeat_timeout: "15s".into(),
         }
     }
 }
@@ -60,6 +66,27 @@ pub struct Valid {
     pub api_addr: SocketAddr,
     pub raft_addr: SocketAddr,
     pub keys: HashMap<String, String>,
+    pub agent_heartbeat_timeout: std::time::Duration,
+}
+
+/// "15s", "500ms", "2m", "1h" or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (like 15s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 impl ServerConfig {
@@ -161,8 +188,28 @@ impl ServerConfig {
                 self.election_timeout_ms, self.heartbeat_ms
             ));
         }
+        let agent_heartbeat_timeout = match parse_duration(&self.agent_heartbeat_timeout) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => d,
+            Ok(_) => {
+                errs.push(format!(
+                    "agent-heartbeat-timeout {} is too short (at least 1s)",
+                    self.agent_heartbeat_timeout
+                ));
+                std::time::Duration::from_secs(15)
+            }
+            Err(e) => {
+                errs.push(format!("agent-heartbeat-timeout: {e}"));
+                std::time::Duration::from_secs(15)
+            }
+        };
+        if let Some(t) = &self.join_token {
+            if t.len() < 16 {
+                errs.push("join-token must be at least 16 characters".to_string());
+            }
+        }
         if errs.is_empty() {
             Ok(Valid {
+                agent_heartbeat_timeout,
                 api_addr: api_addr.unwrap_or_else(unreachable_addr),
                 raft_addr: raft_addr.unwrap_or_else(unreachable_addr),
                 keys,

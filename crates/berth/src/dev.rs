@@ -32,6 +32,11 @@ pub struct DevArgs {
     /// Name of the AWS CLI profile to write.
     #[arg(long, default_value = "berth")]
     profile: String,
+    /// Run without the built-in agent (no containers on this machine).
+    #[arg(long)]
+    no_agent: bool,
+    #[command(flatten)]
+    machine: crate::agentcmd::MachineArgs,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +116,43 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
     berth_server::ecs::ensure_cluster(&running.node, &arn, "default")
         .await
         .map_err(|e| anyhow::anyhow!("create the default cluster: {}", e.message))?;
+    // The built-in agent: this machine is the cluster's one container instance.
+    let (agent_stop, agent_stop_rx) = tokio::sync::watch::channel(false);
+    let agent_line = if args.no_agent {
+        "  agent:             off (--no-agent)\n".to_string()
+    } else if !args.machine.containerd_socket.exists() {
+        tracing::warn!(socket = %args.machine.containerd_socket.display(), "containerd is not running: berth dev starts without an agent, so tasks cannot run here (install and start containerd: apt-get install containerd runc containernetworking-plugins)");
+        format!(
+            "  agent:             NOT STARTED: no containerd at {}\n",
+            args.machine.containerd_socket.display()
+        )
+    } else {
+        let token = running
+            .node
+            .agent_settings
+            .join_token
+            .clone()
+            .unwrap_or_default();
+        let agent = crate::agentcmd::start_agent(
+            vec![running.node.advertise.clone()],
+            "default".into(),
+            token,
+            data_dir.join("agent"),
+            &args.machine,
+            agent_stop_rx,
+        )
+        .await
+        .context("start the built-in agent")?;
+        // Wait (briefly) until it is registered so the first run-task finds an instance.
+        let mut reg = agent.registered.clone();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reg.wait_for(|r| r.is_some()),
+        )
+        .await;
+        let arn = reg.borrow().clone().unwrap_or_else(|| "registering…".into());
+        format!("  container instance: {arn}\n")
+    };
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let endpoint = format!("http://{}", running.api_addr);
 
@@ -118,6 +160,7 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
     out.push_str(&format!("berth dev is ready in {ready_ms:.0} ms\n"));
     out.push_str(&format!("  API endpoint:      {endpoint}\n"));
     out.push_str(&format!("  data dir:          {}\n", data_dir.display()));
+    out.push_str(&agent_line);
     out.push_str(&format!(
         "  access key id:     {}{}\n",
         key.access_key_id,
@@ -149,5 +192,7 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
     print!("{out}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    running.wait_for_signal().await
+    let res = running.wait_for_signal().await;
+    let _ = agent_stop.send(true);
+    res
 }

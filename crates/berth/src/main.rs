@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! berth: a self-hosted Amazon ECS in one binary.
 
+mod agentcmd;
 mod awsprofile;
 mod bench;
 mod config;
@@ -33,8 +34,23 @@ struct Cli {
 enum Cmd {
     /// Run a server: Raft-replicated state and the ECS-compatible API.
     Server(ServerArgs),
-    /// Run a container agent on this machine (arrives with the agent issue).
-    Agent,
+    /// Run the container agent on this machine: join a cluster as a container instance and
+    /// run its tasks through containerd.
+    Agent(agentcmd::AgentArgs),
+    /// Container images on this machine.
+    Image {
+        #[command(subcommand)]
+        what: ImageCmd,
+    },
+    /// Print a task's container output (on the machine that runs it).
+    Logs(agentcmd::LogsArgs),
+    /// The log driver containerd's shim runs for berth's containers (not for people).
+    #[command(hide = true)]
+    LogDriver {
+        path: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
     /// One process, one machine, zero setup: a single-node cluster with the API.
     Dev(dev::DevArgs),
     /// Print the version.
@@ -49,6 +65,12 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::BenchCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Import an OCI image archive (or `docker save` output) for air-gapped machines.
+    Import(agentcmd::ImportArgs),
 }
 
 /// Every flag also reads BERTH_<NAME>; flags and env override the config file.
@@ -93,6 +115,12 @@ pub struct ServerArgs {
     snapshot_every: Option<u64>,
     #[arg(long, env = "BERTH_BODY_LIMIT")]
     body_limit: Option<usize>,
+    /// Token agents must present to join (default: generated into <data-dir>/join-token).
+    #[arg(long, env = "BERTH_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Mark an agent disconnected after this long without a heartbeat (default 15s).
+    #[arg(long, env = "BERTH_AGENT_HEARTBEAT_TIMEOUT")]
+    agent_heartbeat_timeout: Option<String>,
 }
 
 impl ServerArgs {
@@ -114,8 +142,12 @@ impl ServerArgs {
             auth,
             fsync,
             snapshot_every,
-            body_limit
+            body_limit,
+            agent_heartbeat_timeout
         );
+        if self.join_token.is_some() {
+            c.join_token = self.join_token;
+        }
         if self.advertise_raft_addr.is_some() {
             c.advertise_raft_addr = self.advertise_raft_addr;
         }
@@ -151,9 +183,23 @@ fn main() -> std::process::ExitCode {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
             return std::process::ExitCode::SUCCESS;
         }
-        Cmd::Agent => {
-            eprintln!("berth agent: not available yet in this build — container instances arrive with the agent work. Use `berth server` or `berth dev` for now.");
-            return std::process::ExitCode::from(2);
+        Cmd::Logs(args) => {
+            return match agentcmd::logs(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth logs: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::LogDriver { path, .. } => {
+            return match berth_agent::logdriver::run(&path) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth log-driver {}: {e}", path.display());
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
         Cmd::Validate { config } => {
             return match config::ServerConfig::from_file(&config)
@@ -198,6 +244,10 @@ fn main() -> std::process::ExitCode {
             Cmd::Server(args) => run_server_cmd(args, started).await,
             Cmd::Dev(args) => dev::run(args, started).await,
             Cmd::Bench { what } => bench::run(what).await,
+            Cmd::Agent(args) => agentcmd::run(args).await,
+            Cmd::Image {
+                what: ImageCmd::Import(args),
+            } => agentcmd::import(args).await,
             _ => Ok(()),
         }
     });
@@ -217,6 +267,40 @@ async fn run_server_cmd(args: ServerArgs, started: Instant) -> anyhow::Result<()
         .map_err(|errs| anyhow::anyhow!("invalid configuration:\n  - {}", errs.join("\n  - ")))?;
     let running = start_server(valid, started).await?;
     running.wait_for_signal().await
+}
+
+/// The join token kept in `<data dir>/join-token` (0600), created on first start.
+fn load_or_create_join_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("join-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    use rand::Rng;
+    let token: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let tmp = data_dir.join(".join-token.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    tracing::info!(path = %path.display(), "generated the agent join token; agents join with --join-token $(cat {})", path.display());
+    Ok(token)
 }
 
 /// A started server: node, API, and the shutdown switch.
@@ -268,6 +352,16 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
     ncfg.heartbeat_ms = cfg.heartbeat_ms;
     ncfg.election_timeout_min_ms = cfg.election_timeout_ms;
     ncfg.election_timeout_max_ms = cfg.election_timeout_ms * 2;
+    let join_token = match &cfg.join_token {
+        Some(t) => t.clone(),
+        None => load_or_create_join_token(&cfg.data_dir)?,
+    };
+    let mut agents =
+        berth_server::agent_service::AgentSettings::new(ArnContext::new(cfg.region.clone(), cfg.account_id.clone()));
+    agents.join_token = Some(join_token);
+    agents.heartbeat_timeout = valid.agent_heartbeat_timeout;
+    agents.heartbeat_interval = (valid.agent_heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));
+    ncfg.agents = agents;
     if !cfg.fsync {
         tracing::warn!("fsync is OFF: acknowledged writes can be lost on power failure");
     }
@@ -275,6 +369,10 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         .await
         .with_context(|| format!("start node in {}", cfg.data_dir.display()))?;
     node.bootstrap_or_join(cfg.join.clone()).await?;
+    tokio::spawn(berth_server::agent_service::watch_heartbeats(
+        node.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let auth = if cfg.auth == "none" {
         tracing::warn!("authentication is OFF (--auth none): anyone who can reach the API can change the cluster");
