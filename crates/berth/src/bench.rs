@@ -48,6 +48,9 @@ pub enum BenchCmd {
     /// RegisterTaskDefinition throughput and latency against real servers,
     /// with etcd (if installed) measured in the same run as the peer.
     Api(ApiBenchArgs),
+    /// RunTask -> RUNNING latency on this machine's containerd against `ctr run -d`, and
+    /// the agent's memory.
+    Tasks(crate::bench_tasks::TasksBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -99,6 +102,7 @@ pub struct ApiBenchArgs {
 
 pub async fn run(what: BenchCmd) -> anyhow::Result<()> {
     match what {
+        BenchCmd::Tasks(args) => crate::bench_tasks::run(args).await,
         BenchCmd::Api(args) => {
             let secs = args.deadline_secs;
             // Dropping `api(..)` (deadline or ctrl-c) kills every child

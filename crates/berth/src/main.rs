@@ -4,6 +4,7 @@
 mod agentcmd;
 mod awsprofile;
 mod bench;
+mod bench_tasks;
 mod config;
 mod dev;
 
