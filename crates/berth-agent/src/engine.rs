@@ -16,7 +16,7 @@ use crate::health::{task_health, HealthConfig, HealthState};
 use crate::network::{Network, NetworkMode, PortForward, Protocol};
 use crate::ports::PortAllocator;
 use crate::runtime::{
-    ContainerState, ExecOutcome, NetNs, PullPolicy, RegistryAuth, Runtime,
+    ContainerState, ExecOutcome, NetNs, PullPolicy, RegistryAuth, Runtime, RuntimeError,
     RuntimeEvent, LABEL_TASK_ARN,
 };
 use crate::state::{AgentState, LocalTask, StateFile};
@@ -863,10 +863,17 @@ impl Engine {
             let started = Instant::now();
             let mut st = HealthState::new(&cfg);
             loop {
-                let ok = matches!(
-                    me.runtime.exec(&id, cfg.argv.clone(), cfg.timeout).await,
-                    Ok(ExecOutcome::Exited(0))
-                );
+                let ok = match me.runtime.exec(&id, cfg.argv.clone(), cfg.timeout).await {
+                    Ok(ExecOutcome::Exited(code)) => code == 0,
+                    Ok(ExecOutcome::TimedOut) => false,
+                    // containerd itself is unreachable (restarting): no verdict on the
+                    // container, try again next interval.
+                    Err(RuntimeError::Unavailable(_)) => {
+                        tokio::time::sleep(cfg.interval).await;
+                        continue;
+                    }
+                    Err(_) => false,
+                };
                 if let Some(h) = st.record(ok, started.elapsed()) {
                     me.signal(&arn, Signal::Health { name: name.clone(), status: h.as_ecs() });
                 }

@@ -423,11 +423,16 @@ async fn run_session(
     result
 }
 
+/// How long a STOPPED task stays describable.
+pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
+
 /// Leader only: marks instances whose agent has not been seen within the heartbeat timeout
-/// as disconnected (their server may have died with the session).
+/// as disconnected (their server may have died with the session), and purges tasks stopped
+/// longer ago than [`STOPPED_TASK_RETENTION`].
 pub async fn watch_heartbeats(node: Arc<ServerNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let timeout = node.agent_settings.heartbeat_timeout;
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout / 2));
+    let mut last_purge = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -438,8 +443,21 @@ pub async fn watch_heartbeats(node: Arc<ServerNode>, mut shutdown: tokio::sync::
         }
         let now = now_secs();
         let Ok(clusters) = node.reader.clusters() else { continue };
+        // Stopped tasks stay describable for an hour (as ECS promises), then go.
+        let purge = last_purge.elapsed() >= Duration::from_secs(60);
+        if purge {
+            last_purge = tokio::time::Instant::now();
+        }
         for c in clusters {
             let name = c.cluster_name.clone().unwrap_or_default();
+            if purge {
+                let _ = node
+                    .write(Command::PurgeStoppedTasks {
+                        cluster: name.clone(),
+                        before: now - STOPPED_TASK_RETENTION.as_secs_f64(),
+                    })
+                    .await;
+            }
             let Ok(instances) = node.reader.container_instances(&name) else { continue };
             for ci in instances {
                 let connected = ci.instance.agent_connected.unwrap_or(false);
