@@ -517,13 +517,15 @@ fn compile_arg(subject: &Subject, op: Op, at: usize, text: String) -> Result<Arg
             })?;
             arg.number = Some(n as f64);
         }
-        Subject::AgentConnected if !matches!(op, Op::Matches | Op::NotMatches) => {
-            if arg.text != "true" && arg.text != "false" {
-                return Err(CqlError {
-                    position: at,
-                    message: format!("agentConnected is true or false, not '{}'", arg.text),
-                });
-            }
+        Subject::AgentConnected
+            if !matches!(op, Op::Matches | Op::NotMatches)
+                && arg.text != "true"
+                && arg.text != "false" =>
+        {
+            return Err(CqlError {
+                position: at,
+                message: format!("agentConnected is true or false, not '{}'", arg.text),
+            });
         }
         _ => {}
     }
@@ -691,9 +693,11 @@ impl Predicate {
                 Some(Some(val)) => self.test_str(positive, val, compare_values),
             },
             Subject::Ec2InstanceId => self.test_str(positive, &v.instance_id, str::cmp),
-            Subject::AgentConnected => {
-                self.test_str(positive, if v.agent_connected { "true" } else { "false" }, str::cmp)
-            }
+            Subject::AgentConnected => self.test_str(
+                positive,
+                if v.agent_connected { "true" } else { "false" },
+                str::cmp,
+            ),
             Subject::AgentVersion => match &v.agent_version {
                 None => false,
                 Some(ver) => self.test_str(positive, ver, compare_versions),
@@ -852,12 +856,21 @@ mod tests {
             ("attribute:stack == dev || attribute:stack == prod", true),
             ("attribute:stack == prod && runningTasksCount == 2", false),
             // AND binds tighter than OR
-            ("attribute:stack == prod or runningTasksCount == 2 and attribute:stack == dev", true),
-            ("(attribute:stack == prod or runningTasksCount == 2) and attribute:stack == dev", false),
+            (
+                "attribute:stack == prod or runningTasksCount == 2 and attribute:stack == dev",
+                true,
+            ),
+            (
+                "(attribute:stack == prod or runningTasksCount == 2) and attribute:stack == dev",
+                false,
+            ),
             ("!(attribute:stack == prod)", false),
             ("! attribute:stack == dev", true),
             ("not not attribute:stack == prod", true),
-            ("not (task:group == family:web) and attribute:stack == prod", false),
+            (
+                "not (task:group == family:web) and attribute:stack == prod",
+                false,
+            ),
             ("((attribute:stack == prod))", true),
         ];
         for (s, want) in cases {
@@ -903,7 +916,10 @@ mod tests {
         let e = bad("runningTasksCount > many");
         assert!(e.message.contains("whole number"), "{e}");
         let e = bad("registeredAt exists");
-        assert!(e.message.contains("cannot be used with registeredAt"), "{e}");
+        assert!(
+            e.message.contains("cannot be used with registeredAt"),
+            "{e}"
+        );
         let e = bad("ec2InstanceId > 3");
         assert!(e.message.contains("cannot be used"), "{e}");
         let e = bad("attribute: == x");

@@ -93,7 +93,6 @@ pub fn task_status_rank(s: &str) -> Option<usize> {
 
 // ---------------------------------------------------------------- tasks and instances (wire form)
 
-
 /// `Resource` of a container instance. ECS sends every numeric member (zeros for the
 /// unused ones), so they are always present here too.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -365,7 +364,10 @@ impl Task {
 
     /// `pendingTasksCount`: on its way to RUNNING.
     pub fn counts_as_pending(&self) -> bool {
-        matches!(self.last_status(), "PROVISIONING" | "PENDING" | "ACTIVATING")
+        matches!(
+            self.last_status(),
+            "PROVISIONING" | "PENDING" | "ACTIVATING"
+        )
     }
 }
 

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::Ctx;
-use crate::ecs::{propose, required, resolve_task_definition, store_err, to_value, unexpected, with_token};
+use crate::ecs::{
+    propose, required, resolve_task_definition, store_err, to_value, unexpected, with_token,
+};
 use crate::placement::{self, Candidate, Requirement};
 
 // ---------------------------------------------------------------- identifiers
@@ -64,8 +66,7 @@ fn resolve_id(ctx: &Ctx, cluster: &str, s: &str, kind: IdKind) -> Result<String,
         }
     } else if !s.is_empty()
         && s.len() <= 255
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         Ok(s.to_string())
@@ -140,10 +141,17 @@ pub(crate) async fn describe_container_instances(
     let mut failures = Vec::new();
     for w in &wanted {
         let rec = match resolve_id(ctx, &cluster, w, IdKind::ContainerInstance) {
-            Ok(id) => match ctx.node.reader.container_instance(&cluster, &id).map_err(store_err)? {
+            Ok(id) => match ctx
+                .node
+                .reader
+                .container_instance(&cluster, &id)
+                .map_err(store_err)?
+            {
                 Some(r) => r,
                 None => {
-                    failures.push(Failure::missing(ctx.cfg.ctx.container_instance(&cluster, &id)));
+                    failures.push(Failure::missing(
+                        ctx.cfg.ctx.container_instance(&cluster, &id),
+                    ));
                     continue;
                 }
             },
@@ -184,7 +192,11 @@ pub(crate) struct ListContainerInstancesRequest {
 }
 
 /// What CQL sees of an instance (task groups of the tasks meant to run on it).
-fn view_of(ctx: &Ctx, cluster: &str, rec: &berth_model::ContainerInstanceRecord) -> Result<InstanceView, ApiError> {
+fn view_of(
+    ctx: &Ctx,
+    cluster: &str,
+    rec: &berth_model::ContainerInstanceRecord,
+) -> Result<InstanceView, ApiError> {
     let tasks = ctx
         .node
         .reader
@@ -208,16 +220,22 @@ pub(crate) async fn list_container_instances(
     }
     let filter = match req.filter.as_deref() {
         None | Some("") => None,
-        Some(f) => Some(cql::parse(f).map_err(|e| {
-            ApiError::invalid(format!("Invalid filter expression '{f}': {e}."))
-        })?),
+        Some(f) => Some(
+            cql::parse(f)
+                .map_err(|e| ApiError::invalid(format!("Invalid filter expression '{f}': {e}.")))?,
+        ),
     };
     let max = check_max_results(req.max_results, 100)?;
     let after = decode_opt_token("ListContainerInstances", req.next_token.as_deref())?;
     ctx.node.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
     let mut keep = Vec::new();
-    for rec in ctx.node.reader.container_instances(&cluster).map_err(store_err)? {
+    for rec in ctx
+        .node
+        .reader
+        .container_instances(&cluster)
+        .map_err(store_err)?
+    {
         let ok_status = match &req.status {
             Some(s) => rec.status() == s,
             None => rec.status() != "INACTIVE",
@@ -317,7 +335,9 @@ pub(crate) async fn update_container_instances_state(
             failures: more,
         } => {
             failures.extend(more);
-            Ok(json!({ "containerInstances": to_value(&container_instances)?, "failures": to_value(&failures)? }))
+            Ok(
+                json!({ "containerInstances": to_value(&container_instances)?, "failures": to_value(&failures)? }),
+            )
         }
         other => Err(unexpected(other)),
     }
@@ -419,17 +439,36 @@ pub(crate) async fn put_attributes(ctx: &Ctx, req: AttributesRequest) -> Result<
     let cluster = cluster_of(&req.cluster)?;
     let given = req.attributes.unwrap_or_default();
     let attributes = attribute_targets(ctx, &cluster, &given, true)?;
-    match propose(ctx, Command::PutAttributes { cluster, attributes }).await? {
+    match propose(
+        ctx,
+        Command::PutAttributes {
+            cluster,
+            attributes,
+        },
+    )
+    .await?
+    {
         Response::Attributes { .. } => Ok(json!({ "attributes": to_value(&given)? })),
         other => Err(unexpected(other)),
     }
 }
 
-pub(crate) async fn delete_attributes(ctx: &Ctx, req: AttributesRequest) -> Result<Value, ApiError> {
+pub(crate) async fn delete_attributes(
+    ctx: &Ctx,
+    req: AttributesRequest,
+) -> Result<Value, ApiError> {
     let cluster = cluster_of(&req.cluster)?;
     let given = req.attributes.unwrap_or_default();
     let attributes = attribute_targets(ctx, &cluster, &given, false)?;
-    match propose(ctx, Command::DeleteAttributes { cluster, attributes }).await? {
+    match propose(
+        ctx,
+        Command::DeleteAttributes {
+            cluster,
+            attributes,
+        },
+    )
+    .await?
+    {
         Response::Attributes { .. } => Ok(json!({ "attributes": to_value(&given)? })),
         other => Err(unexpected(other)),
     }
@@ -446,7 +485,10 @@ pub(crate) struct ListAttributesRequest {
     max_results: Option<i64>,
 }
 
-pub(crate) async fn list_attributes(ctx: &Ctx, req: ListAttributesRequest) -> Result<Value, ApiError> {
+pub(crate) async fn list_attributes(
+    ctx: &Ctx,
+    req: ListAttributesRequest,
+) -> Result<Value, ApiError> {
     let cluster = cluster_of(&req.cluster)?;
     match req.target_type.as_deref() {
         Some("container-instance") => {}
@@ -471,7 +513,12 @@ pub(crate) async fn list_attributes(ctx: &Ctx, req: ListAttributesRequest) -> Re
     ctx.node.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
     let mut all = Vec::new();
-    for rec in ctx.node.reader.container_instances(&cluster).map_err(store_err)? {
+    for rec in ctx
+        .node
+        .reader
+        .container_instances(&cluster)
+        .map_err(store_err)?
+    {
         if rec.status() == "INACTIVE" {
             continue;
         }
@@ -493,7 +540,9 @@ pub(crate) async fn list_attributes(ctx: &Ctx, req: ListAttributesRequest) -> Re
             ));
         }
     }
-    let (items, next) = page(all, after.as_deref(), max, "ListAttributes", |(k, _)| k.clone());
+    let (items, next) = page(all, after.as_deref(), max, "ListAttributes", |(k, _)| {
+        k.clone()
+    });
     let attrs: Vec<Attribute> = items.into_iter().map(|(_, a)| a).collect();
     Ok(with_token(json!({ "attributes": to_value(&attrs)? }), next))
 }
@@ -562,7 +611,8 @@ fn validate_strategies(list: &[PlacementStrategyIn]) -> Result<(), ApiError> {
     for s in list {
         match (s.r#type.as_deref(), s.field.as_deref()) {
             (Some("random"), _) => {}
-            (Some("binpack"), Some(f)) if matches!(f.to_ascii_lowercase().as_str(), "cpu" | "memory") => {}
+            (Some("binpack"), Some(f))
+                if matches!(f.to_ascii_lowercase().as_str(), "cpu" | "memory") => {}
             (Some("spread"), Some(f))
                 if f == "instanceId" || f == "host" || f.starts_with("attribute:") => {}
             (t, f) => {
@@ -599,7 +649,13 @@ fn new_id() -> String {
 }
 
 /// Containers of a new task: ARN, name, image and their cpu/memory as strings.
-fn containers_of(ctx: &Ctx, cluster: &str, task_id: &str, td: &TaskDefinition, ov: &TaskOverride) -> Vec<Container> {
+fn containers_of(
+    ctx: &Ctx,
+    cluster: &str,
+    task_id: &str,
+    td: &TaskDefinition,
+    ov: &TaskOverride,
+) -> Vec<Container> {
     td.container_definitions
         .iter()
         .map(|c| {
@@ -610,7 +666,11 @@ fn containers_of(ctx: &Ctx, cluster: &str, task_id: &str, td: &TaskDefinition, o
                 .find(|o| o.name.is_some() && o.name == c.name);
             let cpu = o.and_then(|o| o.cpu).or(c.cpu).unwrap_or(0);
             Container {
-                container_arn: Some(ctx.cfg.ctx.container(cluster, task_id, &uuid::Uuid::new_v4().to_string())),
+                container_arn: Some(ctx.cfg.ctx.container(
+                    cluster,
+                    task_id,
+                    &uuid::Uuid::new_v4().to_string(),
+                )),
                 name: c.name.clone(),
                 image: c.image.clone(),
                 cpu: Some(cpu.to_string()),
@@ -779,7 +839,12 @@ pub(crate) async fn run_task(ctx: &Ctx, req: RunTaskRequest) -> Result<Value, Ap
         requires_attributes: p.td.requires_attributes.clone().unwrap_or_default(),
     };
     let mut candidates = Vec::new();
-    for rec in ctx.node.reader.container_instances(&p.cluster).map_err(store_err)? {
+    for rec in ctx
+        .node
+        .reader
+        .container_instances(&p.cluster)
+        .map_err(store_err)?
+    {
         if !matches!(rec.status(), "ACTIVE" | "DRAINING") {
             continue;
         }
@@ -801,7 +866,14 @@ pub(crate) async fn run_task(ctx: &Ctx, req: RunTaskRequest) -> Result<Value, Ap
         .iter()
         .map(|id| new_task(ctx, &p, &req, id))
         .collect();
-    create_tasks(ctx, p.cluster.clone(), tasks, req.client_token.clone(), placed.failures).await
+    create_tasks(
+        ctx,
+        p.cluster.clone(),
+        tasks,
+        req.client_token.clone(),
+        placed.failures,
+    )
+    .await
 }
 
 pub(crate) async fn start_task(ctx: &Ctx, req: RunTaskRequest) -> Result<Value, ApiError> {
@@ -867,7 +939,10 @@ pub(crate) struct DescribeTasksRequest {
     include: Option<Vec<String>>,
 }
 
-pub(crate) async fn describe_tasks(ctx: &Ctx, req: DescribeTasksRequest) -> Result<Value, ApiError> {
+pub(crate) async fn describe_tasks(
+    ctx: &Ctx,
+    req: DescribeTasksRequest,
+) -> Result<Value, ApiError> {
     let cluster = cluster_of(&req.cluster)?;
     let wanted = req.tasks.unwrap_or_default();
     if wanted.is_empty() || wanted.len() > 100 {
@@ -917,7 +992,10 @@ pub(crate) struct ListTasksRequest {
 
 pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value, ApiError> {
     let cluster = cluster_of(&req.cluster)?;
-    let desired = req.desired_status.clone().unwrap_or_else(|| "RUNNING".into());
+    let desired = req
+        .desired_status
+        .clone()
+        .unwrap_or_else(|| "RUNNING".into());
     if !matches!(desired.as_str(), "RUNNING" | "PENDING" | "STOPPED") {
         return Err(ApiError::invalid(format!(
             "Invalid desiredStatus '{desired}'. Valid values are RUNNING, PENDING and STOPPED."
@@ -927,7 +1005,12 @@ pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value
     let after = decode_opt_token("ListTasks", req.next_token.as_deref())?;
     let instance = match req.container_instance.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(resolve_or_invalid(ctx, &cluster, s, IdKind::ContainerInstance)?),
+        Some(s) => Some(resolve_or_invalid(
+            ctx,
+            &cluster,
+            s,
+            IdKind::ContainerInstance,
+        )?),
     };
     ctx.node.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
@@ -953,7 +1036,7 @@ pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value
             continue;
         };
         let t = &rec.task;
-        let family_ok = req.family.as_ref().map_or(true, |f| {
+        let family_ok = req.family.as_ref().is_none_or(|f| {
             t.task_definition_arn
                 .as_deref()
                 .and_then(|a| a.rsplit('/').next())
@@ -962,9 +1045,15 @@ pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value
         });
         if t.desired_status() == desired
             && family_ok
-            && instance.as_ref().map_or(true, |i| *i == rec.instance_id)
-            && req.started_by.as_ref().map_or(true, |s| t.started_by.as_ref() == Some(s))
-            && req.launch_type.as_ref().map_or(true, |l| t.launch_type.as_ref() == Some(l))
+            && instance.as_ref().is_none_or(|i| *i == rec.instance_id)
+            && req
+                .started_by
+                .as_ref()
+                .is_none_or(|s| t.started_by.as_ref() == Some(s))
+            && req
+                .launch_type
+                .as_ref()
+                .is_none_or(|l| t.launch_type.as_ref() == Some(l))
         {
             keep.push(rec);
         }

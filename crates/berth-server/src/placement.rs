@@ -63,7 +63,10 @@ impl Candidate {
                     .filter_map(|t| t.task.group.clone())
                     .collect(),
                 agent_connected: rec.agent_connected(),
-                agent_version: i.version_info.as_ref().and_then(|v| v.agent_version.clone()),
+                agent_version: i
+                    .version_info
+                    .as_ref()
+                    .and_then(|v| v.agent_version.clone()),
             },
         }
     }
@@ -95,14 +98,13 @@ pub fn reservation(td: &TaskDefinition, ov: &TaskOverride) -> Reservation {
     };
     let task_cpu = parse_i64(ov.cpu.as_deref()).or_else(|| parse_i64(td.cpu.as_deref()));
     let task_mem = parse_i64(ov.memory.as_deref()).or_else(|| parse_i64(td.memory.as_deref()));
-    let mut r = Reservation::default();
-    r.cpu = task_cpu.unwrap_or_else(|| {
+    let cpu = task_cpu.unwrap_or_else(|| {
         td.container_definitions
             .iter()
             .map(|c| co(&c.name).and_then(|o| o.cpu).or(c.cpu).unwrap_or(0))
             .sum()
     });
-    r.memory = task_mem.unwrap_or_else(|| {
+    let memory = task_mem.unwrap_or_else(|| {
         td.container_definitions
             .iter()
             .map(|c| {
@@ -115,10 +117,10 @@ pub fn reservation(td: &TaskDefinition, ov: &TaskOverride) -> Reservation {
             })
             .sum()
     });
+    let mut tcp = BTreeSet::new();
+    let mut udp = BTreeSet::new();
     let mode = td.network_mode.as_deref().unwrap_or("bridge");
     if mode == "bridge" || mode == "host" {
-        let mut tcp = BTreeSet::new();
-        let mut udp = BTreeSet::new();
         for c in &td.container_definitions {
             for pm in c.port_mappings.iter().flatten() {
                 let host = if mode == "host" {
@@ -136,10 +138,13 @@ pub fn reservation(td: &TaskDefinition, ov: &TaskOverride) -> Reservation {
                 }
             }
         }
-        r.ports = tcp.into_iter().collect();
-        r.ports_udp = udp.into_iter().collect();
     }
-    r
+    Reservation {
+        cpu,
+        memory,
+        ports: tcp.into_iter().collect(),
+        ports_udp: udp.into_iter().collect(),
+    }
 }
 
 /// Parses `placementConstraints` (request and task definition together).
@@ -232,7 +237,7 @@ pub fn place(candidates: &mut [Candidate], req: &Requirement, count: usize) -> P
             match rejection(c, req) {
                 Some(why) => rejected.push((c.arn.clone(), why)),
                 None => {
-                    if best.map_or(true, |b| c.task_count < candidates[b].task_count) {
+                    if best.is_none_or(|b| c.task_count < candidates[b].task_count) {
                         best = Some(i);
                     }
                 }

@@ -301,11 +301,21 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Change {
-    Cluster { name: String },
-    TaskDefinition { family: String, revision: u32 },
-    Tags { arn: String },
+    Cluster {
+        name: String,
+    },
+    TaskDefinition {
+        family: String,
+        revision: u32,
+    },
+    Tags {
+        arn: String,
+    },
     Membership,
-    ContainerInstance { cluster: String, id: String },
+    ContainerInstance {
+        cluster: String,
+        id: String,
+    },
     #[serde(rename_all = "camelCase")]
     Task {
         cluster: String,

@@ -115,7 +115,10 @@ impl TaskIndexKind {
 
 /// The ids of tasks whose `kind` equals `value`: `tx\0{cluster}\0{kind}\0{value}\0`.
 pub fn task_index_prefix(cluster: &str, kind: TaskIndexKind, value: &str) -> Vec<u8> {
-    let mut k = join(TASK_INDEX, &[cluster.as_bytes(), kind.tag(), value.as_bytes()]);
+    let mut k = join(
+        TASK_INDEX,
+        &[cluster.as_bytes(), kind.tag(), value.as_bytes()],
+    );
     k.push(0);
     k
 }

@@ -22,13 +22,12 @@ use berth_model::{Cluster, ContainerInstanceRecord, Tag, TaskDefinition, TaskRec
 use tokio::sync::watch;
 
 pub use command::{
-    Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget,
-    COMMAND_VERSION,
+    Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget, COMMAND_VERSION,
 };
 pub use keys::TaskIndexKind;
-pub use tasks::{ClusterCounts, Remaining};
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
+pub use tasks::{ClusterCounts, Remaining};
 
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;

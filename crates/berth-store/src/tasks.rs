@@ -14,7 +14,9 @@ use berth_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::command::{err, inactive_cluster, Change, KvRead, NewTask, Response, Staged, StoreError};
+use crate::command::{
+    err, inactive_cluster, Change, KvRead, NewTask, Response, Staged, StoreError,
+};
 use crate::keys::{self, TaskIndexKind};
 
 /// At most this many custom attributes per container instance (ECS's limit).
@@ -194,8 +196,10 @@ impl Remaining {
 /// `runningTasksCount`, `pendingTasksCount`.
 pub fn decorate(instance: &mut ContainerInstance, tasks: &[TaskRecord]) {
     instance.remaining_resources = Remaining::of(instance, tasks).resources();
-    instance.running_tasks_count = tasks.iter().filter(|t| t.task.counts_as_running()).count() as i64;
-    instance.pending_tasks_count = tasks.iter().filter(|t| t.task.counts_as_pending()).count() as i64;
+    instance.running_tasks_count =
+        tasks.iter().filter(|t| t.task.counts_as_running()).count() as i64;
+    instance.pending_tasks_count =
+        tasks.iter().filter(|t| t.task.counts_as_pending()).count() as i64;
 }
 
 /// An instance with its computed members filled in.
@@ -251,7 +255,10 @@ fn family_of(task: &Task) -> String {
     // `…:task-definition/{family}:{revision}`
     let arn = task.task_definition_arn.as_deref().unwrap_or("");
     let fr = arn.rsplit('/').next().unwrap_or(arn);
-    fr.rsplit_once(':').map(|(f, _)| f).unwrap_or(fr).to_string()
+    fr.rsplit_once(':')
+        .map(|(f, _)| f)
+        .unwrap_or(fr)
+        .to_string()
 }
 
 fn index_entries(cluster: &str, rec: &TaskRecord) -> Vec<Vec<u8>> {
@@ -370,7 +377,9 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
     }
     let id = hello.instance_id.as_str();
     if id.is_empty() {
-        return Ok(err(ApiError::invalid("The agent sent an empty instance id.")));
+        return Ok(err(ApiError::invalid(
+            "The agent sent an empty instance id.",
+        )));
     }
     let existing = load_instance(st, cluster, id)?;
     let custom = existing
@@ -379,7 +388,11 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
         .unwrap_or_default();
     let (status, registered_at) = match &existing {
         Some(e) if e.status() != "INACTIVE" => (
-            if e.status() == "DRAINING" { "DRAINING" } else { "ACTIVE" },
+            if e.status() == "DRAINING" {
+                "DRAINING"
+            } else {
+                "ACTIVE"
+            },
             e.instance.registered_at.unwrap_or(at),
         ),
         _ => ("ACTIVE", at),
@@ -480,7 +493,7 @@ fn attachment_id(task_id: &str) -> String {
 fn apply_report(rec: &mut TaskRecord, r: &TaskReport, at: f64) {
     let t = &mut rec.task;
     if let Some(new) = task_status_rank(&r.last_status) {
-        if rank(t.last_status.as_deref()).map_or(true, |cur| new > cur) {
+        if rank(t.last_status.as_deref()).is_none_or(|cur| new > cur) {
             t.last_status = Some(r.last_status.clone());
         }
     }
@@ -547,7 +560,7 @@ fn apply_report(rec: &mut TaskRecord, r: &TaskReport, at: f64) {
                 }]),
             }]);
             for c in &mut t.containers {
-                if c.network_interfaces.as_ref().map_or(true, |v| v.is_empty()) {
+                if c.network_interfaces.as_ref().is_none_or(|v| v.is_empty()) {
                     c.network_interfaces = Some(vec![berth_model::NetworkInterface {
                         attachment_id: Some(aid.clone()),
                         private_ipv4_address: Some(ip.clone()),
@@ -801,7 +814,9 @@ pub(crate) fn deregister_container_instance<R: KvRead + ?Sized>(
         .filter(|t| t.task.desired_status() == "RUNNING")
         .collect();
     if !running.is_empty() && !force {
-        return Ok(err(ApiError::invalid("Found running tasks on the instance.")));
+        return Ok(err(ApiError::invalid(
+            "Found running tasks on the instance.",
+        )));
     }
     // With force the tasks are orphaned: no agent will report on them again, so they
     // are stopped here (and stop holding the instance's resources).
@@ -846,12 +861,18 @@ pub(crate) fn update_container_instances_state<R: KvRead + ?Sized>(
     let mut failures = Vec::new();
     for id in instance_ids {
         let Some(mut rec) = load_instance(st, cluster, id)? else {
-            failures.push(failure(arn_in_cluster(&c, "container-instance", id), "MISSING"));
+            failures.push(failure(
+                arn_in_cluster(&c, "container-instance", id),
+                "MISSING",
+            ));
             continue;
         };
         if rec.status() == "INACTIVE" {
             failures.push(failure(
-                rec.instance.container_instance_arn.clone().unwrap_or_default(),
+                rec.instance
+                    .container_instance_arn
+                    .clone()
+                    .unwrap_or_default(),
                 "INACTIVE",
             ));
             continue;
@@ -948,7 +969,8 @@ pub(crate) fn delete_attributes<R: KvRead + ?Sized>(
     };
     for (_, (mut rec, attrs)) in by {
         let names: BTreeSet<&str> = attrs.iter().map(|a| a.name.as_str()).collect();
-        rec.custom_attributes.retain(|a| !names.contains(a.name.as_str()));
+        rec.custom_attributes
+            .retain(|a| !names.contains(a.name.as_str()));
         rec.instance
             .attributes
             .retain(|a| !names.contains(a.name.as_str()));
@@ -1143,7 +1165,11 @@ mod tests {
         }
     }
 
-    fn run_tasks(s: &mut Map, tasks: Vec<NewTask>, token: Option<&str>) -> (Vec<Task>, Vec<Failure>) {
+    fn run_tasks(
+        s: &mut Map,
+        tasks: Vec<NewTask>,
+        token: Option<&str>,
+    ) -> (Vec<Task>, Vec<Failure>) {
         match run(
             s,
             Command::RunTasks {
@@ -1176,7 +1202,12 @@ mod tests {
                 name: "app".into(),
                 runtime_id: Some("rt-1".into()),
                 image_digest: Some("sha256:abc".into()),
-                last_status: if status == "STOPPED" { "STOPPED" } else { "RUNNING" }.into(),
+                last_status: if status == "STOPPED" {
+                    "STOPPED"
+                } else {
+                    "RUNNING"
+                }
+                .into(),
                 exit_code: (status == "STOPPED").then_some(0),
                 reason: None,
                 network_bindings: vec![NetworkBinding {
@@ -1339,7 +1370,10 @@ mod tests {
         let ci = instance(&s, "i1");
         assert_eq!(ci.agent_connected, Some(false));
         assert_eq!(ci.version, 2);
-        assert_eq!(load_instance(&s, "c", "i1").unwrap().unwrap().last_seen, 500.0);
+        assert_eq!(
+            load_instance(&s, "c", "i1").unwrap().unwrap().last_seen,
+            500.0
+        );
         let before = s.clone();
         assert_eq!(set(&mut s, "ghost", true), Response::Ok);
         assert_eq!(s, before);
@@ -1397,7 +1431,13 @@ mod tests {
         let reasons: Vec<_> = failures.iter().map(|f| f.reason.clone().unwrap()).collect();
         assert_eq!(
             reasons,
-            vec!["RESOURCE:MEMORY", "RESOURCE:PORTS", "RESOURCE:PORTS", "MISSING", "RESOURCE:MEMORY"]
+            vec![
+                "RESOURCE:MEMORY",
+                "RESOURCE:PORTS",
+                "RESOURCE:PORTS",
+                "MISSING",
+                "RESOURCE:MEMORY"
+            ]
         );
         assert_eq!(
             failures[0].arn.as_deref(),
@@ -1458,7 +1498,10 @@ mod tests {
         assert_eq!(c.runtime_id.as_deref(), Some("rt-1"));
         assert_eq!(c.image_digest.as_deref(), Some("sha256:abc"));
         assert_eq!(c.last_status.as_deref(), Some("RUNNING"));
-        assert_eq!(c.network_bindings.as_ref().unwrap()[0].host_port, Some(49153));
+        assert_eq!(
+            c.network_bindings.as_ref().unwrap()[0].host_port,
+            Some(49153)
+        );
         assert_eq!(instance(&s, "i1").running_tasks_count, 1);
         assert_eq!(cluster_counts(&s, "c").unwrap().running_tasks, 1);
 
@@ -1489,7 +1532,10 @@ mod tests {
         assert_eq!(t.task.last_status(), "STOPPED");
         assert_eq!(t.task.desired_status(), "STOPPED");
         assert_eq!(t.task.stopped_at, Some(220.0));
-        assert_eq!(t.task.stop_code.as_deref(), Some("EssentialContainerExited"));
+        assert_eq!(
+            t.task.stop_code.as_deref(),
+            Some("EssentialContainerExited")
+        );
         assert_eq!(t.task.containers[0].exit_code, Some(0));
         let ci = instance(&s, "i1");
         assert_eq!(remaining(&ci, "MEMORY").integer_value, 1024);
@@ -1498,9 +1544,11 @@ mod tests {
             task_ids_by(&s, "c", TaskIndexKind::DesiredStatus, "STOPPED").unwrap(),
             vec!["t1"]
         );
-        assert!(task_ids_by(&s, "c", TaskIndexKind::DesiredStatus, "RUNNING")
-            .unwrap()
-            .is_empty());
+        assert!(
+            task_ids_by(&s, "c", TaskIndexKind::DesiredStatus, "RUNNING")
+                .unwrap()
+                .is_empty()
+        );
         // Nothing moves a STOPPED task.
         send(&mut s, "i1", vec![report("t1", 5, "RUNNING")], 230.0);
         assert_eq!(task(&s, "t1").task.last_status(), "STOPPED");
@@ -1601,7 +1649,10 @@ mod tests {
         assert_eq!(t.last_status(), "STOPPED");
         assert!(t.stopped_reason.is_some());
         // Deregistering again answers the INACTIVE instance.
-        assert!(matches!(dereg(&mut s, false), Response::ContainerInstance { .. }));
+        assert!(matches!(
+            dereg(&mut s, false),
+            Response::ContainerInstance { .. }
+        ));
         // Agent on a deregistered instance: connection flag is a no-op.
         let before = s.clone();
         run(
@@ -1720,7 +1771,10 @@ mod tests {
         ));
         let before = s.clone();
         let e = put(&mut s, vec![attr("a10", "i1")]);
-        assert_eq!(error_of(&e).kind, ErrorKind::AttributeLimitExceededException);
+        assert_eq!(
+            error_of(&e).kind,
+            ErrorKind::AttributeLimitExceededException
+        );
         assert_eq!(s, before);
         let e = put(&mut s, vec![attr("x", "ghost")]);
         assert_eq!(error_of(&e).kind, ErrorKind::TargetNotFoundException);
@@ -1792,7 +1846,10 @@ mod tests {
         let mut s = setup();
         run_tasks(
             &mut s,
-            vec![new_task("t1", "i1", 64, vec![]), new_task("t2", "i1", 64, vec![])],
+            vec![
+                new_task("t1", "i1", 64, vec![]),
+                new_task("t2", "i1", 64, vec![]),
+            ],
             Some("tok"),
         );
         send(&mut s, "i1", vec![report("t1", 1, "STOPPED")], 1000.0);
@@ -1804,7 +1861,10 @@ mod tests {
                 before: 1000.0,
             },
         );
-        assert!(load_task(&s, "c", "t1").unwrap().is_some(), "stopped at the cutoff: kept");
+        assert!(
+            load_task(&s, "c", "t1").unwrap().is_some(),
+            "stopped at the cutoff: kept"
+        );
         run(
             &mut s,
             Command::PurgeStoppedTasks {
@@ -1818,10 +1878,12 @@ mod tests {
             task_ids_by(&s, "c", TaskIndexKind::Instance, "i1").unwrap(),
             vec!["t2"]
         );
-        assert!(task_ids_by(&s, "c", TaskIndexKind::DesiredStatus, "STOPPED")
-            .unwrap()
-            .is_empty());
-        assert!(s.get(&keys::client_token("c", "tok")).is_none());
+        assert!(
+            task_ids_by(&s, "c", TaskIndexKind::DesiredStatus, "STOPPED")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!s.contains_key(&keys::client_token("c", "tok")));
     }
 
     #[test]
