@@ -751,6 +751,26 @@ def http_answers(url: str, timeout: float = 2) -> bool:
         return False
 
 
+def host_port_is_free(port: int) -> bool:
+    """Whether a process on the host can take `port` again and be reached on it: the task
+    that had it left no listener and no forwarding rule behind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            srv.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        srv.listen(1)
+        srv.settimeout(2)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                conn, _ = srv.accept()
+                conn.close()
+                return True
+        except OSError:
+            return False
+
+
 # -- registry ------------------------------------------------------------
 
 
@@ -976,11 +996,15 @@ class AgentProcess:
         return self.start()
 
     def cleanup(self) -> None:
-        """Stop the agent, remove what it left in containerd and its CNI bridge, and its files."""
+        """Stop the agent, remove what it left in containerd, iptables and its CNI bridge,
+        and its files. (Inside a network namespace, that namespace goes with the hosts.)"""
         self.stop()
         cleanup_containerd_namespace(self.namespace)
-        if self.cni_bridge and not self.netns:
-            run_cmd("ip", "link", "del", self.cni_bridge, check=False)
+        if not self.netns:
+            if self.cni_subnet:
+                cleanup_cni_nat_rules(self.cni_subnet)
+            if self.cni_bridge:
+                run_cmd("ip", "link", "del", self.cni_bridge, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- observation ---------------------------------------------------
@@ -1027,6 +1051,54 @@ class AgentProcess:
             ci = self.container_instance(node)
             return ci if ci and ci.get("agentConnected") is False else None
         return wait_until(ok, timeout, f"the server to show {self} with agentConnected=false", interval=0.3)
+
+
+def cleanup_cni_nat_rules(subnet: str) -> None:
+    """Best effort, cleanup only: delete the nat rules and chains the CNI plugins
+    (portmap, bridge ipMasq) made for addresses in `subnet` and that are still there
+    after the agent stopped, so a later test's host port is not DNATed to a dead address."""
+    import ipaddress
+
+    net = ipaddress.ip_network(subnet, strict=False)
+    saved = run_cmd("iptables-save", "-t", "nat", check=False).stdout.splitlines()
+    raw = [line for line in saved if line.startswith("-A ")]
+    rules = [line.split() for line in raw]
+
+    def ours(words: list[str]) -> bool:
+        for flag in ("--to-destination", "-s", "-d"):
+            if flag in words:
+                i = words.index(flag) + 1
+                if i < len(words):
+                    addr = words[i].split(":")[0].split("/")[0]
+                    try:
+                        if ipaddress.ip_address(addr) in net:
+                            return True
+                    except ValueError:
+                        pass
+        return False
+
+    # per-container chains: CNI-DN-* holding a DNAT to one of our addresses; CNI-* that
+    # POSTROUTING jumps to for one of our source addresses
+    chains = {w[1] for w in rules if w[1].startswith("CNI-DN-") and "--to-destination" in w and ours(w)}
+    chains |= {w[w.index("-j") + 1] for w in rules
+               if w[1] == "POSTROUTING" and "-j" in w and ours(w) and w[w.index("-j") + 1].startswith("CNI-")}
+    if not chains:
+        return
+    for line, w in zip(raw, rules):
+        if "-j" in w and w[w.index("-j") + 1] in chains and w[1] not in chains:
+            # iptables-save quotes like a shell, so the saved rule is deleted through sh
+            run_cmd("sh", "-c", "iptables -t nat -D " + line[3:], check=False)
+    for c in chains:
+        run_cmd("iptables", "-t", "nat", "-F", c, check=False)
+        run_cmd("iptables", "-t", "nat", "-X", c, check=False)
+
+
+def remove_task_netns(task_ids: "set[str] | list[str]") -> None:
+    """Best effort, cleanup only: delete network namespaces named after these tasks."""
+    names = run_cmd("ip", "netns", "list", check=False).stdout.split()
+    for n in names:
+        if any(tid and tid in n for tid in task_ids):
+            run_cmd("ip", "netns", "del", n, check=False)
 
 
 # -- hosts: network namespaces as machines ---------------------------------
@@ -1320,7 +1392,32 @@ class AgentEnv:
     def list_tasks(self, *args: str) -> list[str]:
         return list_tasks(self.node, self.cluster, *args)
 
-    def stop_all(self) -> None:
-        """Best effort: ask the server to stop every task of the cluster (test cleanup)."""
-        for arn in self.list_tasks():
-            aws("ecs", "stop-task", "--cluster", self.cluster, "--task", arn, node=self.node, expect_rc=None)
+    def stop_all(self, timeout: float = 30) -> None:
+        """Best effort: stop every task of the cluster through the API and give the agents
+        `timeout` seconds to tear them down (containers, CNI, network namespaces)."""
+        try:
+            arns = self.list_tasks()
+            for arn in arns:
+                aws("ecs", "stop-task", "--cluster", self.cluster, "--task", arn, node=self.node, expect_rc=None)
+            if arns and any(a.alive() for a in self.agents):
+                wait_until(lambda: not self.list_tasks(), timeout, "the agents to stop every task", interval=0.5)
+        except Exception as e:  # noqa: BLE001 - cleanup goes on
+            print(f"[berth tests] cleanup: not every task stopped through the API: {e}")
+
+    def all_task_ids(self) -> list[str]:
+        try:
+            return [task_id(a) for a in self.list_tasks() + self.list_tasks("--desired-status", "STOPPED")]
+        except Exception:  # noqa: BLE001
+            return []
+
+    def cleanup(self) -> None:
+        """Tasks stopped through the API first (so the agents undo their networking), then
+        the agents and whatever they left (containerd, iptables, network namespaces), then
+        the server."""
+        ids = self.all_task_ids()
+        self.stop_all()
+        ids = set(ids) | set(self.all_task_ids())
+        for a in self.agents:
+            a.cleanup()
+        remove_task_netns(ids)
+        self.node.cleanup()

@@ -25,13 +25,13 @@ def env(containerd, auth_registry):
                            insecure_registries=[auth_registry.addr],
                            registry_credentials={GOOD_CRED: f"{user}:{password}",
                                                  BAD_CRED: f"{user}:not-{password}"})
+    env = h.AgentEnv(node, cluster, [agent], auth_registry)
     try:
         agent.start()
         agent.wait_connected(node, timeout=60)
-        yield h.AgentEnv(node, cluster, [agent], auth_registry)
+        yield env
     finally:
-        agent.cleanup()
-        node.cleanup()
+        env.cleanup()
 
 
 def web(image: str, **kw) -> dict:

@@ -17,24 +17,22 @@ CNI = {"berth-h1": ("berthe2e-c1", "10.98.11.0/24"), "berth-h2": ("berthe2e-c2",
 def env(hosts):
     # Agents inside the namespaces reach the root namespace at the bridge address only.
     reg = h.Registry(host=hosts.GATEWAY).start()
-    node = cluster = None
-    agents: list[h.AgentProcess] = []
+    env = None
     try:
         reg.push_test_image()
         node, cluster = h.start_agent_server(host=hosts.GATEWAY)
+        env = h.AgentEnv(node, cluster, [], reg)
         for ns in hosts.names:
             bridge, subnet = CNI[ns]
-            agents.append(h.AgentProcess(node, cluster, name=ns, netns=ns, host_ip=hosts.ip_of(ns),
-                                         availability_zone=AZ[ns], cni_bridge=bridge, cni_subnet=subnet,
-                                         insecure_registries=[reg.addr]).start())
-        for a in agents:
+            env.agents.append(h.AgentProcess(node, cluster, name=ns, netns=ns, host_ip=hosts.ip_of(ns),
+                                             availability_zone=AZ[ns], cni_bridge=bridge, cni_subnet=subnet,
+                                             insecure_registries=[reg.addr]).start())
+        for a in env.agents:
             a.wait_connected(node, timeout=60)
-        yield h.AgentEnv(node, cluster, agents, reg)
+        yield env
     finally:
-        for a in agents:
-            a.cleanup()
-        if node is not None:
-            node.cleanup()
+        if env is not None:
+            env.cleanup()
         reg.cleanup()
 
 

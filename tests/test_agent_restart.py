@@ -23,13 +23,13 @@ def env(containerd, registry):
     agent = h.AgentProcess(node, cluster, name="restart", availability_zone="az-test-r",
                            cni_bridge="berthe2e1", cni_subnet="10.98.1.0/24",
                            insecure_registries=[registry.addr])
+    env = h.AgentEnv(node, cluster, [agent], registry)
     try:
         agent.start()
         agent.wait_connected(node, timeout=60)
-        yield h.AgentEnv(node, cluster, [agent], registry)
+        yield env
     finally:
-        agent.cleanup()
-        node.cleanup()
+        env.cleanup()
 
 
 def web_taskdef(env: h.AgentEnv) -> str:
@@ -95,8 +95,8 @@ def test_agent_killed_and_restarted_adopts_its_containers_and_catches_up(env):
     stopped = env.wait(stop_meanwhile, "STOPPED", timeout=60)
     assert stopped["stopCode"] == "UserInitiated", stopped
     assert stopped["stoppedReason"] == "stopped while the agent was down", stopped
-    h.wait_until(lambda: not h.http_answers(f"http://127.0.0.1:{ports[stop_meanwhile]}/"), 15,
-                 "the task stopped while the agent was down to stop answering")
+    h.wait_until(lambda: h.host_port_is_free(ports[stop_meanwhile]), 15,
+                 "the port of the task stopped while the agent was down to be free again")
 
     # the survivor was adopted, not restarted: same container, same port, still RUNNING
     assert serves(ports[keep], keep), "the surviving task stopped answering after the agent restarted"
@@ -134,7 +134,7 @@ def test_containerd_restarting_under_the_agent_changes_nothing_a_user_sees(env):
     # the agent talks to the new containerd: it can stop that task and start another
     env.stop(arn, reason="after containerd restart")
     env.wait(arn, "STOPPED", timeout=60)
-    h.wait_until(lambda: not h.http_answers(f"http://127.0.0.1:{port}/"), 15, f"port {port} to close")
+    h.wait_until(lambda: h.host_port_is_free(port), 15, f"port {port} to be free again")
     fresh = env.run_one(td)["taskArn"]
     task = env.wait(fresh, "RUNNING", timeout=60)
     assert_serves(h.host_port(task, "web"), fresh, "for a task started after containerd restarted")

@@ -31,13 +31,13 @@ def env(containerd, registry):
     agent = h.AgentProcess(node, cluster, name="tasks", availability_zone=AZ, attributes={"rack": "a"},
                            cni_bridge="berthe2e0", cni_subnet="10.98.0.0/24",
                            insecure_registries=[registry.addr])
+    env = h.AgentEnv(node, cluster, [agent], registry)
     try:
         agent.start()
         agent.wait_connected(node, timeout=60)
-        yield h.AgentEnv(node, cluster, [agent], registry)
+        yield env
     finally:
-        agent.cleanup()
-        node.cleanup()
+        env.cleanup()
 
 
 @pytest.fixture
@@ -142,8 +142,8 @@ def test_a_bridge_task_runs_serves_on_dynamic_host_ports_and_stops(env, image):
         assert c["lastStatus"] == "STOPPED", c
         assert c.get("exitCode") is not None, f"container {c['name']} has no exitCode: {c}"
     for p in ports.values():
-        h.wait_until(lambda: not h.http_answers(f"http://127.0.0.1:{p}/"), 15,
-                     f"host port {p} to stop answering after the task stopped")
+        h.wait_until(lambda: h.host_port_is_free(p), 15,
+                     f"host port {p} to be free again (nothing forwarding it) after the task stopped")
 
     # the other task was not disturbed
     assert images.page_names(page_of(ports2["web"]), h.task_id(second["taskArn"]), "web")
@@ -416,7 +416,7 @@ def test_a_host_mode_task_listens_on_the_host(env, image):
     assert images.page_names(page_of(port), h.task_id(arn), "web")
     env.stop(arn)
     env.wait(arn, "STOPPED", timeout=60)
-    h.wait_until(lambda: not h.http_answers(f"http://127.0.0.1:{port}/"), 15, f"port {port} to close")
+    h.wait_until(lambda: h.host_port_is_free(port), 15, f"port {port} to be free again")
 
 
 # ---------------------------------------------------------------------------
