@@ -43,9 +43,9 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Parse and normalise a reference the way containerd does (`busybox` →
 /// `docker.io/library/busybox:latest`). A malformed reference is `ImageNotFound`.
 pub fn normalize_reference(reference: &str) -> Result<Reference, RuntimeError> {
-    reference
-        .parse::<Reference>()
-        .map_err(|e| RuntimeError::ImageNotFound(format!("invalid image reference {reference:?}: {e}")))
+    reference.parse::<Reference>().map_err(|e| {
+        RuntimeError::ImageNotFound(format!("invalid image reference {reference:?}: {e}"))
+    })
 }
 
 /// Whether a registry (`host[:port]`) is spoken to over plain HTTP: loopback hosts and those
@@ -54,7 +54,10 @@ pub fn is_plain_http(registry: &str, insecure: &[String]) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
-        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
     };
     host == "localhost"
         || host == "::1"
@@ -125,7 +128,8 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(Parsed, String), String> {
                 config,
                 layers: raw.layers,
             }),
-            raw.media_type.unwrap_or_else(|| MT_OCI_MANIFEST.to_string()),
+            raw.media_type
+                .unwrap_or_else(|| MT_OCI_MANIFEST.to_string()),
         )),
         (None, None) => Err("invalid manifest: neither an index nor an image manifest".into()),
     }
@@ -160,7 +164,11 @@ pub fn select_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
                 .as_ref()
                 .is_some_and(|p| p.os == "linux" && p.architecture == arch)
         })
-        .or_else(|| manifests.iter().find(|d| d.platform.is_none() && !is_attestation(d)))
+        .or_else(|| {
+            manifests
+                .iter()
+                .find(|d| d.platform.is_none() && !is_attestation(d))
+        })
 }
 
 fn is_attestation(d: &Descriptor) -> bool {
@@ -272,13 +280,18 @@ pub fn manifest_gc_labels(m: &Manifest) -> HashMap<String, String> {
         m.config.digest.clone(),
     );
     for (i, layer) in m.layers.iter().enumerate() {
-        l.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
+        l.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            layer.digest.clone(),
+        );
     }
     l
 }
 
 /// containerd GC labels on an index: it keeps the manifests present locally.
-pub fn index_gc_labels<'a>(manifests: impl IntoIterator<Item = &'a str>) -> HashMap<String, String> {
+pub fn index_gc_labels<'a>(
+    manifests: impl IntoIterator<Item = &'a str>,
+) -> HashMap<String, String> {
     manifests
         .into_iter()
         .enumerate()
@@ -310,7 +323,9 @@ pub fn pull_error(reference: &str, err: OciDistributionError) -> RuntimeError {
             let not_found = codes.iter().any(|c| {
                 matches!(
                     c,
-                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
                 )
             });
             if not_found {
@@ -385,7 +400,9 @@ impl Registry {
             ..Default::default()
         });
         let auth = match auth {
-            Some(a) => oci_client::secrets::RegistryAuth::Basic(a.username.clone(), a.password.clone()),
+            Some(a) => {
+                oci_client::secrets::RegistryAuth::Basic(a.username.clone(), a.password.clone())
+            }
             None => oci_client::secrets::RegistryAuth::Anonymous,
         };
         Registry {
@@ -451,7 +468,10 @@ pub fn read_archive_meta(path: &Path) -> Result<ArchiveMeta, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
     let mut ar = tar::Archive::new(f);
     let mut meta = ArchiveMeta::default();
-    for entry in ar.entries().map_err(|e| format!("read {}: {e}", path.display()))? {
+    for entry in ar
+        .entries()
+        .map_err(|e| format!("read {}: {e}", path.display()))?
+    {
         let mut entry = entry.map_err(|e| format!("read {}: {e}", path.display()))?;
         let name = normalize_entry_path(&entry.path().map_err(|e| e.to_string())?);
         let slot = match name.as_str() {
@@ -483,7 +503,8 @@ pub fn stream_archive_files(
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::task::spawn_blocking(move || {
         let run = || -> Result<(), String> {
-            let f = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+            let f =
+                std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
             let mut ar = tar::Archive::new(f);
             for entry in ar.entries().map_err(|e| e.to_string())? {
                 let mut entry = entry.map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -498,7 +519,10 @@ pub fn stream_archive_files(
                 entry
                     .read_to_end(&mut data)
                     .map_err(|e| format!("read {name} in {}: {e}", path.display()))?;
-                if tx.blocking_send(Ok(ArchiveFile { path: name, data })).is_err() {
+                if tx
+                    .blocking_send(Ok(ArchiveFile { path: name, data }))
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -537,7 +561,10 @@ mod tests {
             normalize_reference("127.0.0.1:5000/web:1").unwrap().whole(),
             "127.0.0.1:5000/web:1"
         );
-        assert!(matches!(normalize_reference("bad ref!"), Err(RuntimeError::ImageNotFound(_))));
+        assert!(matches!(
+            normalize_reference("bad ref!"),
+            Err(RuntimeError::ImageNotFound(_))
+        ));
     }
 
     #[test]

@@ -184,7 +184,11 @@ pub fn resolve_user(user: &str, db: &UserDb) -> Result<ResolvedUser, String> {
         }
         match passwd.iter().find(|p| p.0 == u) {
             Some(p) => (p.1, p.2, Some(p.0.clone())),
-            None => return Err(format!("unable to find user {u}: no matching entries in passwd file")),
+            None => {
+                return Err(format!(
+                    "unable to find user {u}: no matching entries in passwd file"
+                ))
+            }
         }
     };
     let gid = match g {
@@ -201,7 +205,9 @@ pub fn resolve_user(user: &str, db: &UserDb) -> Result<ResolvedUser, String> {
                 match groups.iter().find(|x| x.0 == g) {
                     Some(x) => x.1,
                     None => {
-                        return Err(format!("unable to find group {g}: no matching entries in group file"))
+                        return Err(format!(
+                            "unable to find group {g}: no matching entries in group file"
+                        ))
                     }
                 }
             }
@@ -212,8 +218,7 @@ pub fn resolve_user(user: &str, db: &UserDb) -> Result<ResolvedUser, String> {
     let mut additional_gids = Vec::new();
     if let Some(name) = name {
         for (_, gid2, members) in &groups {
-            if members.iter().any(|m| *m == name) && *gid2 != gid && !additional_gids.contains(gid2)
-            {
+            if members.contains(&name) && *gid2 != gid && !additional_gids.contains(gid2) {
                 additional_gids.push(*gid2);
             }
         }
@@ -247,7 +252,9 @@ pub fn oci_spec(
             gid: 0,
             additional_gids: vec![],
         },
-        Some(u) => resolve_user(u, users).map_err(|e| RuntimeError::Start(format!("{}: {e}", spec.id)))?,
+        Some(u) => {
+            resolve_user(u, users).map_err(|e| RuntimeError::Start(format!("{}: {e}", spec.id)))?
+        }
     };
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -283,7 +290,11 @@ pub fn oci_spec(
     if !user.additional_gids.is_empty() {
         user_json["additionalGids"] = json!(user.additional_gids);
     }
-    let cwd = if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() };
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
     let process = json!({
         "terminal": false,
         "user": user_json,
@@ -302,15 +313,37 @@ pub fn oci_spec(
     };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
         mount("/sys", "sysfs", "sysfs", sys_ro),
         mount("/sys/fs/cgroup", "cgroup", "cgroup", sys_ro),
     ];
@@ -387,10 +420,9 @@ pub fn oci_spec(
 /// The process spec for an `exec` in a container whose spec is `container_spec`: the
 /// container's process (user, env, cwd, capabilities, rlimits) with `args` replaced.
 pub fn exec_process(container_spec: &Value, args: &[String]) -> Value {
-    let mut p = container_spec
-        .get("process")
-        .cloned()
-        .unwrap_or_else(|| json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": [DEFAULT_PATH_ENV]}));
+    let mut p = container_spec.get("process").cloned().unwrap_or_else(
+        || json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "env": [DEFAULT_PATH_ENV]}),
+    );
     p["args"] = json!(args);
     p["terminal"] = json!(false);
     p
@@ -466,7 +498,10 @@ mod tests {
             v["process"]["rlimits"],
             json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}])
         );
-        assert_eq!(v["process"]["capabilities"]["bounding"], json!(DEFAULT_CAPABILITIES));
+        assert_eq!(
+            v["process"]["capabilities"]["bounding"],
+            json!(DEFAULT_CAPABILITIES)
+        );
         assert_eq!(ns_types(&v), ["pid", "ipc", "uts", "mount"]);
         let dests: Vec<&str> = v["mounts"]
             .as_array()
@@ -476,7 +511,15 @@ mod tests {
             .collect();
         assert_eq!(
             dests,
-            ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"]
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/sys/fs/cgroup"
+            ]
         );
         assert_eq!(v["linux"]["maskedPaths"], json!(MASKED_PATHS));
         assert_eq!(v["linux"]["readonlyPaths"], json!(READONLY_PATHS));
@@ -495,17 +538,16 @@ mod tests {
     #[test]
     fn table() {
         type Check = fn(&Value);
-        let cases: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>, Check)> = vec![
+        type Modify = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<(&str, Modify, Check)> = vec![
             (
                 "no PATH gets the default",
                 Box::new(|s| s.env = vec!["A=1".into()]),
                 |v| assert_eq!(v["process"]["env"], json!([DEFAULT_PATH_ENV, "A=1"])),
             ),
-            (
-                "empty cwd is /",
-                Box::new(|s| s.cwd = String::new()),
-                |v| assert_eq!(v["process"]["cwd"], "/"),
-            ),
+            ("empty cwd is /", Box::new(|s| s.cwd = String::new()), |v| {
+                assert_eq!(v["process"]["cwd"], "/")
+            }),
             (
                 "numeric uid",
                 Box::new(|s| s.user = Some("1000".into())),
@@ -554,15 +596,26 @@ mod tests {
                 }),
                 |v| {
                     assert_eq!(v["linux"]["resources"]["memory"]["limit"], 134_217_728i64);
-                    assert_eq!(v["linux"]["resources"]["memory"]["reservation"], 67_108_864i64);
+                    assert_eq!(
+                        v["linux"]["resources"]["memory"]["reservation"],
+                        67_108_864i64
+                    );
                 },
             ),
             (
                 "ulimits replace and add",
                 Box::new(|s| {
                     s.ulimits = vec![
-                        Ulimit { name: "nofile".into(), soft: 4096, hard: 8192 },
-                        Ulimit { name: "nproc".into(), soft: 100, hard: 200 },
+                        Ulimit {
+                            name: "nofile".into(),
+                            soft: 4096,
+                            hard: 8192,
+                        },
+                        Ulimit {
+                            name: "nproc".into(),
+                            soft: 100,
+                            hard: 200,
+                        },
                     ]
                 }),
                 |v| {
@@ -580,33 +633,51 @@ mod tests {
                 Box::new(|s| s.readonly_rootfs = true),
                 |v| assert_eq!(v["root"]["readonly"], true),
             ),
-            (
-                "privileged",
-                Box::new(|s| s.privileged = true),
-                |v| {
-                    assert_eq!(v["process"]["capabilities"]["bounding"], json!(ALL_CAPABILITIES));
-                    assert!(v["linux"].get("maskedPaths").is_none());
-                    assert!(v["linux"].get("readonlyPaths").is_none());
-                    assert_eq!(
-                        v["linux"]["resources"]["devices"],
-                        json!([{"allow": true, "access": "rwm"}])
-                    );
-                    let sys = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
-                    assert!(!sys["options"].as_array().unwrap().contains(&json!("ro")));
-                },
-            ),
+            ("privileged", Box::new(|s| s.privileged = true), |v| {
+                assert_eq!(
+                    v["process"]["capabilities"]["bounding"],
+                    json!(ALL_CAPABILITIES)
+                );
+                assert!(v["linux"].get("maskedPaths").is_none());
+                assert!(v["linux"].get("readonlyPaths").is_none());
+                assert_eq!(
+                    v["linux"]["resources"]["devices"],
+                    json!([{"allow": true, "access": "rwm"}])
+                );
+                let sys = v["mounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["destination"] == "/sys")
+                    .unwrap();
+                assert!(!sys["options"].as_array().unwrap().contains(&json!("ro")));
+            }),
             (
                 "bind mounts",
                 Box::new(|s| {
                     s.mounts = vec![
-                        Mount { source: PathBuf::from("/data/a"), destination: "/a".into(), read_only: false },
-                        Mount { source: PathBuf::from("/etc/berth/hosts"), destination: "/etc/hosts".into(), read_only: true },
+                        Mount {
+                            source: PathBuf::from("/data/a"),
+                            destination: "/a".into(),
+                            read_only: false,
+                        },
+                        Mount {
+                            source: PathBuf::from("/etc/berth/hosts"),
+                            destination: "/etc/hosts".into(),
+                            read_only: true,
+                        },
                     ]
                 }),
                 |v| {
                     let m = v["mounts"].as_array().unwrap();
-                    assert_eq!(m[m.len() - 2], json!({"destination": "/a", "type": "bind", "source": "/data/a", "options": ["rbind", "rprivate"]}));
-                    assert_eq!(m[m.len() - 1], json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/berth/hosts", "options": ["rbind", "rprivate", "ro"]}));
+                    assert_eq!(
+                        m[m.len() - 2],
+                        json!({"destination": "/a", "type": "bind", "source": "/data/a", "options": ["rbind", "rprivate"]})
+                    );
+                    assert_eq!(
+                        m[m.len() - 1],
+                        json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/berth/hosts", "options": ["rbind", "rprivate", "ro"]})
+                    );
                 },
             ),
             (
@@ -614,7 +685,10 @@ mod tests {
                 Box::new(|s| s.netns = NetNs::Path("/var/run/netns/berth-t1".into())),
                 |v| {
                     assert_eq!(ns_types(v), ["pid", "ipc", "uts", "mount", "network"]);
-                    assert_eq!(v["linux"]["namespaces"][4]["path"], "/var/run/netns/berth-t1");
+                    assert_eq!(
+                        v["linux"]["namespaces"][4]["path"],
+                        "/var/run/netns/berth-t1"
+                    );
                 },
             ),
         ];
@@ -632,7 +706,10 @@ mod tests {
         let mut s = base();
         s.user = Some("ghost".into());
         let e = oci_spec(&s, "rootfs", &db()).unwrap_err();
-        assert!(matches!(&e, RuntimeError::Start(m) if m.contains("unable to find user ghost")), "{e}");
+        assert!(
+            matches!(&e, RuntimeError::Start(m) if m.contains("unable to find user ghost")),
+            "{e}"
+        );
         s.user = Some("www".into());
         let e = oci_spec(&s, "rootfs", &UserDb::default()).unwrap_err();
         assert!(e.to_string().contains("no /etc/passwd"), "{e}");
@@ -645,7 +722,10 @@ mod tests {
     fn empty_args_is_an_error() {
         let mut s = base();
         s.args.clear();
-        assert!(matches!(oci_spec(&s, "rootfs", &db()), Err(RuntimeError::Start(_))));
+        assert!(matches!(
+            oci_spec(&s, "rootfs", &db()),
+            Err(RuntimeError::Start(_))
+        ));
     }
 
     #[test]
