@@ -555,6 +555,7 @@ async fn missing_command_fails_to_start_with_runc_message() {
     };
     match &err {
         RuntimeError::Start(m) => {
+            eprintln!("missing command: {m}");
             assert!(m.contains("\"nope\""), "{m}");
             assert!(m.contains("executable file not found"), "{m}");
         }
@@ -742,4 +743,57 @@ async fn pull_from_registry_with_policies() {
             .await,
         Err(RuntimeError::Pull(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_save_archive_imports_and_runs() {
+    let Some(env) = Env::new().await else { return };
+    let rt = &env.rt;
+    let img = build_image();
+    // `docker save` (classic layout): <id>/layer.tar uncompressed, <hex>.json config,
+    // manifest.json naming them with RepoTags.
+    let mut gz = flate2::read::GzDecoder::new(&img.layer[..]);
+    let mut layer_tar = Vec::new();
+    std::io::Read::read_to_end(&mut gz, &mut layer_tar).unwrap();
+    let config_name = format!("{}.json", digest(&img.config).trim_start_matches("sha256:"));
+    let name = format!("berth.test/saved:{}", env.ns);
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config_name, "RepoTags": [name], "Layers": ["abc123/layer.tar"]}
+    ]))
+    .unwrap();
+    let path = env.dir.path().join("saved.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for (p, data) in [
+        ("abc123/layer.tar", &layer_tar),
+        (config_name.as_str(), &img.config),
+        ("manifest.json", &manifest),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        tar.append_data(&mut h, p, &data[..]).unwrap();
+    }
+    tar.finish().unwrap();
+    drop(tar);
+    let infos = rt.import_archive(&path).await.expect("import docker save");
+    assert_eq!(infos.len(), 1);
+    assert_eq!(infos[0].name, name);
+    assert_eq!(infos[0].cmd, ["sleep", "3600"]);
+    let spec = env.spec("saved", &infos[0].name, &["echo", "from-docker-save"]);
+    let mut events = rt.events().await.unwrap();
+    rt.create(&spec).await.expect("create");
+    rt.start("saved").await.expect("start");
+    assert_eq!(next_exit(&mut events, "saved").await.0, 0);
+    let p = spec.log_path.clone();
+    wait_for("the container's output", Duration::from_secs(5), || {
+        let p = p.clone();
+        async move {
+            std::fs::read_to_string(&p)
+                .ok()
+                .filter(|s| s.contains("from-docker-save"))
+                .map(|_| ())
+        }
+    })
+    .await;
+    rt.remove("saved").await.unwrap();
 }
