@@ -20,10 +20,18 @@ def test_version():
     assert r.stdout.startswith("berth ")
 
 
-def test_agent_says_not_yet():
+def test_agent_names_the_settings_it_needs():
     r = run("agent")
     assert r.returncode == 2
-    assert "not available yet" in r.stderr
+    assert "--server" in r.stderr and "--join-token" in r.stderr, r.stderr
+
+
+def test_agent_without_containerd_says_where_it_looked(tmp_path):
+    sock = tmp_path / "no-containerd.sock"
+    r = run("agent", "--server", "127.0.0.1:1", "--join-token", "t" * 20,
+            "--data-dir", str(tmp_path / "data"), "--containerd-socket", str(sock))
+    assert r.returncode != 0
+    assert "containerd" in r.stderr and str(sock) in r.stderr, r.stderr
 
 
 def test_validate_accepts_a_good_file_and_lists_every_mistake_of_a_bad_one(tmp_path):

@@ -532,7 +532,11 @@ impl Containerd {
                         "write content {digest}: stream closed"
                     )));
                 }
-                step(resp.message().await)?;
+                match resp.message().await {
+                    // A concurrent pull of the same blob committed it first.
+                    Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
+                    r => step(r)?,
+                }
                 offset += len;
             }
             if done {

@@ -62,6 +62,8 @@ pub struct Engine {
     pub reports_ready: Notify,
     /// OOM kills seen on the event stream, until the exit arrives.
     ooms: Mutex<std::collections::HashSet<String>>,
+    /// One pull per image reference at a time: tasks starting together share it.
+    image_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn now_secs() -> f64 {
@@ -130,6 +132,7 @@ impl Engine {
             drivers: Mutex::new(HashMap::new()),
             reports_ready: Notify::new(),
             ooms: Mutex::new(Default::default()),
+            image_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -349,7 +352,7 @@ impl Engine {
                         updates.push((name.clone(), "STOPPED".into(), Some(*exit_code), reason));
                         changed = true;
                         if ess {
-                            essential_gone.get_or_insert_with(|| "Essential container in task exited".to_string());
+                            essential_gone.get_or_insert_with(|| "Essential container in task exited while the agent was down".to_string());
                         }
                     }
                     _ => {
@@ -656,10 +659,20 @@ impl Engine {
                     )
                 })?),
             };
+            let lock = self
+                .image_locks
+                .lock()
+                .unwrap()
+                .entry(image.clone())
+                .or_default()
+                .clone();
+            let guard = lock.lock().await;
             let info = self
                 .runtime
                 .ensure_image(&image, auth.as_ref(), self.cfg.pull_policy)
-                .await
+                .await;
+            drop(guard);
+            let info = info
                 .map_err(|e| StartFailure::container(&name, e.to_string()))?;
             images.insert(name, info);
         }
