@@ -145,7 +145,11 @@ pub fn plugin_error_message(stdout: &[u8], stderr: &[u8], status: &str) -> Strin
     if let Ok(v) = serde_json::from_slice::<Value>(stdout) {
         if let Some(msg) = v.get("msg").and_then(Value::as_str) {
             let mut m = msg.to_string();
-            if let Some(d) = v.get("details").and_then(Value::as_str).filter(|d| !d.is_empty()) {
+            if let Some(d) = v
+                .get("details")
+                .and_then(Value::as_str)
+                .filter(|d| !d.is_empty())
+            {
                 m.push_str(": ");
                 m.push_str(d);
             }
@@ -174,7 +178,10 @@ pub fn ipv4_of_result(result: &Value) -> (Option<String>, Option<String>) {
         };
         let bare = addr.split('/').next().unwrap_or(addr);
         if bare.parse::<std::net::Ipv4Addr>().is_ok() {
-            let gw = ip.get("gateway").and_then(Value::as_str).map(str::to_string);
+            let gw = ip
+                .get("gateway")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             return (Some(bare.to_string()), gw);
         }
     }
@@ -208,7 +215,13 @@ impl Cni {
         self.version
             .get_or_try_init(|| async {
                 let out = self
-                    .exec("bridge", "VERSION", "", None, &json!({"cniVersion": "1.0.0"}))
+                    .exec(
+                        "bridge",
+                        "VERSION",
+                        "",
+                        None,
+                        &json!({"cniVersion": "1.0.0"}),
+                    )
                     .await?;
                 let text = String::from_utf8_lossy(&out);
                 choose_version(&text).ok_or_else(|| NetworkError::Plugin {
@@ -254,7 +267,10 @@ impl Cni {
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default())
+            .env(
+                "CNI_NETNS",
+                netns.map(|p| p.as_os_str().to_owned()).unwrap_or_default(),
+            )
             .env("CNI_IFNAME", IFNAME)
             .env("CNI_PATH", &self.cfg.plugin_dir)
             .env_remove("CNI_ARGS")
@@ -264,7 +280,10 @@ impl Cni {
             .kill_on_drop(true);
         if std::env::var_os("PATH").is_none() {
             // bridge and portmap run `iptables` from PATH.
-            cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
         }
         let mut child = cmd
             .spawn()
@@ -354,8 +373,14 @@ impl Cni {
         forwards: &[PortForward],
         version: &str,
     ) -> Result<Option<Value>, NetworkError> {
-        self.exec("loopback", "ADD", task_id, Some(ns), &self.loopback_conf(version))
-            .await?;
+        self.exec(
+            "loopback",
+            "ADD",
+            task_id,
+            Some(ns),
+            &self.loopback_conf(version),
+        )
+        .await?;
         if mode == NetworkMode::None {
             return Ok(None);
         }
@@ -367,7 +392,10 @@ impl Cni {
             let result: Value = serde_json::from_slice(&out).map_err(|e| NetworkError::Plugin {
                 plugin: name.clone(),
                 command: "ADD".into(),
-                message: format!("result is not JSON ({e}): {}", String::from_utf8_lossy(&out)),
+                message: format!(
+                    "result is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out)
+                ),
             })?;
             prev = Some(result);
         }
@@ -400,7 +428,13 @@ impl Cni {
         // only sets lo down. Run it for symmetry, ignoring the outcome.
         if netns::is_netns(ns) {
             let _ = self
-                .exec("loopback", "DEL", task_id, Some(ns), &self.loopback_conf(version))
+                .exec(
+                    "loopback",
+                    "DEL",
+                    task_id,
+                    Some(ns),
+                    &self.loopback_conf(version),
+                )
                 .await;
         }
         first_err.map_or(Ok(()), Err)
@@ -433,7 +467,9 @@ impl Cni {
         if mode != NetworkMode::None {
             self.ensure_host().await?;
         }
-        let result = self.add_chain(task_id, ns, mode, forwards, &version).await?;
+        let result = self
+            .add_chain(task_id, ns, mode, forwards, &version)
+            .await?;
         let (ipv4, gateway) = result.as_ref().map(ipv4_of_result).unwrap_or((None, None));
         if mode != NetworkMode::None && ipv4.is_none() {
             return Err(other(format!(
@@ -453,7 +489,11 @@ impl Cni {
             netns: Some(ns.to_path_buf()),
             ipv4,
             gateway,
-            forwards: if mode == NetworkMode::Bridge { forwards.to_vec() } else { Vec::new() },
+            forwards: if mode == NetworkMode::Bridge {
+                forwards.to_vec()
+            } else {
+                Vec::new()
+            },
         };
         self.write_cache(
             task_id,
@@ -474,9 +514,12 @@ async fn set_sysctl(key: &str, value: &str) -> Result<(), NetworkError> {
     if current.trim() == value {
         return Ok(());
     }
-    tokio::fs::write(&path, value)
-        .await
-        .map_err(|e| other(format!("cannot set {} = {value}: {e}", key.replace('/', "."))))
+    tokio::fs::write(&path, value).await.map_err(|e| {
+        other(format!(
+            "cannot set {} = {value}: {e}",
+            key.replace('/', ".")
+        ))
+    })
 }
 
 /// temp file + fsync + rename (+ fsync of the directory).
@@ -521,6 +564,17 @@ impl Network for Cni {
             }
             let net = cached.network.clone();
             self.teardown(task_id, &net).await?;
+        } else if netns::is_netns(&ns) {
+            // A namespace without a cached result: the agent stopped between creating it
+            // and caching the result. Undo whatever ADD may have done, then start afresh.
+            let stale = TaskNetwork {
+                mode,
+                netns: Some(ns.clone()),
+                ipv4: None,
+                gateway: None,
+                forwards: forwards.to_vec(),
+            };
+            self.teardown(task_id, &stale).await?;
         }
         let dir = self.cfg.netns_dir.clone();
         let name = format!("{NETNS_PREFIX}{task_id}");
@@ -532,7 +586,11 @@ impl Network for Cni {
             Ok(net) => Ok(net),
             Err(e) => {
                 // Leave nothing half set up: undo what may have been done, keep the error.
-                let version = self.version.get().cloned().unwrap_or_else(|| "1.0.0".into());
+                let version = self
+                    .version
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| "1.0.0".into());
                 let _ = self
                     .del_chain(task_id, &ns, mode, forwards, &version, None)
                     .await;
@@ -549,10 +607,17 @@ impl Network for Cni {
         if net.mode == NetworkMode::Host {
             return Ok(());
         }
-        let ns = net.netns.clone().unwrap_or_else(|| self.netns_path(task_id));
+        let ns = net
+            .netns
+            .clone()
+            .unwrap_or_else(|| self.netns_path(task_id));
         let cached = self.read_cache(task_id);
         let (version, prev, forwards) = match &cached {
-            Some(c) => (c.cni_version.clone(), c.result.clone(), c.network.forwards.clone()),
+            Some(c) => (
+                c.cni_version.clone(),
+                c.result.clone(),
+                c.network.forwards.clone(),
+            ),
             None => (self.cni_version().await?, None, net.forwards.clone()),
         };
         // DEL first, while the namespace still exists: bridge finds the addresses to
@@ -576,7 +641,9 @@ mod tests {
     #[test]
     fn version_choice() {
         assert_eq!(
-            choose_version(r#"{"cniVersion":"1.0.0","supportedVersions":["0.1.0","0.4.0","1.0.0"]}"#),
+            choose_version(
+                r#"{"cniVersion":"1.0.0","supportedVersions":["0.1.0","0.4.0","1.0.0"]}"#
+            ),
             Some("1.0.0".into())
         );
         assert_eq!(
@@ -615,7 +682,11 @@ mod tests {
     #[test]
     fn chains_per_mode() {
         let cni = Cni::new(CniConfig::with_data_dir(Path::new("/d")));
-        let fwd = [PortForward { host_port: 49153, container_port: 80, protocol: Protocol::Tcp }];
+        let fwd = [PortForward {
+            host_port: 49153,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+        }];
         let bridge = cni.list_plugins(NetworkMode::Bridge, &fwd);
         assert_eq!(bridge.len(), 2);
         assert_eq!(bridge[0]["ipam"]["dataDir"], "/d/cni/ipam");

@@ -58,17 +58,27 @@ pub fn parse_size(s: &str) -> Option<u64> {
         'g' => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult).filter(|n| *n > 0)
+    num.trim()
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|n| *n > 0)
 }
 
 impl Limits {
     /// Defaults, overridden by `BERTH_LOG_MAX_SIZE` / `BERTH_LOG_MAX_FILES` when set and valid.
     pub fn from_env() -> Limits {
         let mut l = Limits::default();
-        if let Some(v) = std::env::var("BERTH_LOG_MAX_SIZE").ok().and_then(|v| parse_size(&v)) {
+        if let Some(v) = std::env::var("BERTH_LOG_MAX_SIZE")
+            .ok()
+            .and_then(|v| parse_size(&v))
+        {
             l.max_size = v;
         }
-        if let Some(v) = std::env::var("BERTH_LOG_MAX_FILES").ok().and_then(|v| v.trim().parse().ok()) {
+        if let Some(v) = std::env::var("BERTH_LOG_MAX_FILES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
             l.max_files = v;
         }
         l
@@ -117,7 +127,9 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Option<Result<Dr
         }
     }
     match path {
-        Some(p) if p.is_absolute() && problems.is_empty() => Some(Ok(DriverArgs { path: p, limits })),
+        Some(p) if p.is_absolute() && problems.is_empty() => {
+            Some(Ok(DriverArgs { path: p, limits }))
+        }
         Some(p) if !p.is_absolute() => Some(Err(format!(
             "log-driver path {} is not absolute",
             p.display()
@@ -150,7 +162,10 @@ impl RotatingFile {
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
         Ok(())
@@ -182,7 +197,10 @@ impl RotatingFile {
         if self.size > 0 && self.size + line.len() as u64 > self.limits.max_size {
             self.rotate()?;
         }
-        let file = self.file.as_mut().ok_or_else(|| io::Error::other("log file not open"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("log file not open"))?;
         // One write(2) on an O_APPEND file: readers never see half a line from us.
         if let Err(e) = file.write_all(line) {
             self.file = None; // reopen next time (e.g. after the disk had filled up)
@@ -217,7 +235,9 @@ fn copy_lines(stream: File, out: &Mutex<RotatingFile>) -> io::Result<()> {
     loop {
         line.clear();
         // Read up to a newline, but never more than MAX_LINE bytes.
-        let n = (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line);
+        let n = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line);
         match n {
             Ok(0) => break,
             Ok(_) => {}
@@ -301,7 +321,12 @@ pub fn run_with(path: &Path, limits: Limits) -> io::Result<()> {
 /// Print the log at `path` to `out`: rotated files oldest first, then the current one; with
 /// `tail`, only the last that many lines; with `follow`, keep printing what is appended (and
 /// continue with the new file when it is rotated) until writing to `out` fails.
-pub fn read_logs(path: &Path, follow: bool, tail: Option<usize>, out: impl Write) -> io::Result<()> {
+pub fn read_logs(
+    path: &Path,
+    follow: bool,
+    tail: Option<usize>,
+    out: impl Write,
+) -> io::Result<()> {
     read_logs_while(path, follow, tail, out, &|| true)
 }
 
@@ -360,7 +385,11 @@ pub fn read_logs_while(
                     match older.next() {
                         Some(p) => {
                             sources.push(fs::read(p).or_else(|e| {
-                                if e.kind() == io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) }
+                                if e.kind() == io::ErrorKind::NotFound {
+                                    Ok(Vec::new())
+                                } else {
+                                    Err(e)
+                                }
                             })?);
                             continue;
                         }
@@ -425,7 +454,11 @@ fn tail_start(buf: &[u8], n: usize) -> usize {
         return buf.len();
     }
     // Skip the final newline: it ends the last line rather than starting a new one.
-    let end = if buf.last() == Some(&b'\n') { buf.len() - 1 } else { buf.len() };
+    let end = if buf.last() == Some(&b'\n') {
+        buf.len() - 1
+    } else {
+        buf.len()
+    };
     let mut seen = 0;
     for i in (0..end).rev() {
         if buf[i] == b'\n' {
@@ -450,14 +483,34 @@ mod tests {
     fn args_in_any_order() {
         let want = DriverArgs {
             path: "/var/log/t.log".into(),
-            limits: Limits { max_size: 1 << 20, max_files: 3 },
+            limits: Limits {
+                max_size: 1 << 20,
+                max_files: 3,
+            },
         };
-        let a = parse_args(os(&["max-size", "1m", "log-driver", "/var/log/t.log", "max-file", "3"]));
+        let a = parse_args(os(&[
+            "max-size",
+            "1m",
+            "log-driver",
+            "/var/log/t.log",
+            "max-file",
+            "3",
+        ]));
         assert_eq!(a, Some(Ok(want.clone())));
-        let b = parse_args(os(&["log-driver", "/var/log/t.log", "max-file", "3", "max-size", "1m"]));
+        let b = parse_args(os(&[
+            "log-driver",
+            "/var/log/t.log",
+            "max-file",
+            "3",
+            "max-size",
+            "1m",
+        ]));
         assert_eq!(b, Some(Ok(want)));
         assert_eq!(parse_args(os(&["agent", "--config", "x"])), None);
-        assert!(matches!(parse_args(os(&["log-driver", "rel.log"])), Some(Err(_))));
+        assert!(matches!(
+            parse_args(os(&["log-driver", "rel.log"])),
+            Some(Err(_))
+        ));
         assert!(matches!(
             parse_args(os(&["log-driver", "/a.log", "max-size", "lots"])),
             Some(Err(m)) if m.contains("max-size")

@@ -129,7 +129,12 @@ pub fn create(dir: &Path, name: &str) -> io::Result<PathBuf> {
                     MsFlags::MS_BIND,
                     None::<&str>,
                 )
-                .map_err(|e| ctx(format!("bind-mount the new namespace on {}", p.display()), e))
+                .map_err(|e| {
+                    ctx(
+                        format!("bind-mount the new namespace on {}", p.display()),
+                        e,
+                    )
+                })
             });
         if made.is_err() {
             let _ = fs::remove_file(&p);
@@ -163,7 +168,8 @@ pub fn remove(path: &Path) -> io::Result<()> {
 pub fn run_in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let fd = fs::File::open(path).map_err(|e| ctx(format!("open {}", path.display()), e))?;
+            let fd =
+                fs::File::open(path).map_err(|e| ctx(format!("open {}", path.display()), e))?;
             setns(&fd, CloneFlags::CLONE_NEWNET)
                 .map_err(|e| ctx(format!("enter network namespace {}", path.display()), e))?;
             Ok(f())

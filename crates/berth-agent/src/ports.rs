@@ -138,7 +138,10 @@ impl PortAllocator {
     }
 
     /// Replace the host probe (tests; or a probe that runs in another namespace).
-    pub fn with_probe(mut self, probe: impl Fn(u16, Protocol) -> bool + Send + Sync + 'static) -> Self {
+    pub fn with_probe(
+        mut self,
+        probe: impl Fn(u16, Protocol) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.probe = Arc::new(probe);
         self
     }
@@ -325,17 +328,25 @@ mod tests {
         let mut a = fake(100..=110, &[22], &[8081]);
         a.reserve_static(8080, Protocol::Tcp).unwrap();
         assert_eq!(
-            a.reserve_static(8080, Protocol::Tcp).unwrap_err().to_string(),
+            a.reserve_static(8080, Protocol::Tcp)
+                .unwrap_err()
+                .to_string(),
             "port 8080/tcp is already in use on this host"
         );
         assert!(a.reserve_static(8080, Protocol::Udp).is_ok());
         assert_eq!(
             a.reserve_static(8081, Protocol::Tcp),
-            Err(PortError::InUse { port: 8081, protocol: Protocol::Tcp })
+            Err(PortError::InUse {
+                port: 8081,
+                protocol: Protocol::Tcp
+            })
         );
         assert_eq!(
             a.reserve_static(22, Protocol::Tcp),
-            Err(PortError::Reserved { port: 22, protocol: Protocol::Tcp })
+            Err(PortError::Reserved {
+                port: 22,
+                protocol: Protocol::Tcp
+            })
         );
         assert_eq!(a.reserve_static(0, Protocol::Tcp), Err(PortError::Zero));
         // A static port inside the dynamic range is not handed out dynamically.
@@ -349,10 +360,16 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let mut a = PortAllocator::new(port..=port, &[]);
         assert!(!port_free_on_host(port, Protocol::Tcp));
-        assert!(matches!(a.allocate(Protocol::Tcp), Err(PortError::Exhausted { .. })));
+        assert!(matches!(
+            a.allocate(Protocol::Tcp),
+            Err(PortError::Exhausted { .. })
+        ));
         assert_eq!(
             a.reserve_static(port, Protocol::Tcp),
-            Err(PortError::InUse { port, protocol: Protocol::Tcp })
+            Err(PortError::InUse {
+                port,
+                protocol: Protocol::Tcp
+            })
         );
         drop(l);
         assert_eq!(a.allocate(Protocol::Tcp), Ok(port));

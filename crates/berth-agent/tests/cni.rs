@@ -46,7 +46,8 @@ macro_rules! require_root {
 
 fn data_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
 }
 
 fn config() -> CniConfig {
@@ -111,7 +112,10 @@ fn fetch(addr: SocketAddr, deadline: Duration) -> Result<String, String> {
 }
 
 fn nat_rules() -> String {
-    let out = Command::new("iptables").args(["-t", "nat", "-S"]).output().expect("iptables");
+    let out = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .expect("iptables");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -139,7 +143,10 @@ fn interfaces_in(ns: &Path) -> Vec<String> {
 }
 
 fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    let st = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
     assert!(st.success(), "{args:?} failed");
 }
 
@@ -161,20 +168,35 @@ impl Peer {
         let octet = (n % 250) + 1;
         let host_ip = format!("10.251.{octet}.1");
         let peer_ip = format!("10.251.{octet}.2/30");
-        sh(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if]);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
         sh(&["ip", "link", "set", &peer_if, "netns", &name]);
-        sh(&["ip", "addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ]);
         sh(&["ip", "link", "set", &host_if, "up"]);
         sh(&["ip", "-n", &name, "addr", "add", &peer_ip, "dev", &peer_if]);
         sh(&["ip", "-n", &name, "link", "set", &peer_if, "up"]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Peer { ns, host_if, host_ip }
+        Peer {
+            ns,
+            host_if,
+            host_ip,
+        }
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
         let _ = netns::remove(&self.ns);
     }
 }
@@ -220,7 +242,9 @@ fn bridge_mode_forwards_a_dynamic_host_port() {
     assert_eq!(again, net);
 
     assert_eq!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(),
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
         "1"
     );
     let mut names = interfaces_in(&ns);
@@ -243,15 +267,24 @@ fn bridge_mode_forwards_a_dynamic_host_port() {
     assert_eq!(got.unwrap(), "hello from bridge\n");
     drop(peer);
 
-    assert!(has_dnat_for(host_port), "no DNAT rule for {host_port}:\n{}", nat_rules());
+    assert!(
+        has_dnat_for(host_port),
+        "no DNAT rule for {host_port}:\n{}",
+        nat_rules()
+    );
     // Teardown from a fresh instance, as after an agent restart (uses the cached result).
     let cni2 = Cni::new(config());
     rt.block_on(cni2.teardown(&id, &net)).expect("teardown");
     ports.release(host_port, Protocol::Tcp);
     assert!(!ns.exists(), "{} still exists", ns.display());
-    assert!(!has_dnat_for(host_port), "DNAT rule for {host_port} left:\n{}", nat_rules());
+    assert!(
+        !has_dnat_for(host_port),
+        "DNAT rule for {host_port} left:\n{}",
+        nat_rules()
+    );
     assert!(fetch(local, Duration::from_millis(300)).is_err());
-    rt.block_on(cni2.teardown(&id, &net)).expect("second teardown");
+    rt.block_on(cni2.teardown(&id, &net))
+        .expect("second teardown");
 }
 
 #[test]
@@ -274,7 +307,8 @@ fn awsvpc_mode_address_is_reachable_from_the_host() {
     );
     rt.block_on(cni.teardown(&id, &net)).expect("teardown");
     assert!(!ns.exists());
-    rt.block_on(cni.teardown(&id, &net)).expect("second teardown");
+    rt.block_on(cni.teardown(&id, &net))
+        .expect("second teardown");
 }
 
 #[test]
@@ -298,7 +332,8 @@ fn none_mode_has_only_loopback() {
     assert!(ok.is_ok(), "{ok:?}");
     rt.block_on(cni.teardown(&id, &net)).expect("teardown");
     assert!(!ns.exists());
-    rt.block_on(cni.teardown(&id, &net)).expect("second teardown");
+    rt.block_on(cni.teardown(&id, &net))
+        .expect("second teardown");
 }
 
 #[test]
@@ -330,7 +365,11 @@ fn plugin_errors_are_reported() {
         .block_on(cni.setup(&id, NetworkMode::Awsvpc, &[]))
         .unwrap_err();
     match &err {
-        berth_agent::network::NetworkError::Plugin { plugin, command, message } => {
+        berth_agent::network::NetworkError::Plugin {
+            plugin,
+            command,
+            message,
+        } => {
             assert_eq!(command, "ADD", "{err:?}");
             assert_eq!(plugin, "bridge", "{err:?}");
             assert!(!message.is_empty());
@@ -338,4 +377,28 @@ fn plugin_errors_are_reported() {
         other => panic!("unexpected {other:?}"),
     }
     assert!(!cni.netns_path(&id).exists());
+}
+
+#[test]
+fn setup_recovers_from_a_namespace_left_without_a_cached_result() {
+    require_root!();
+    let rt = rt();
+    let cni = Cni::new(config());
+    let id = task_id("stale");
+    let net = rt
+        .block_on(cni.setup(&id, NetworkMode::Awsvpc, &[]))
+        .expect("setup");
+    // As if the agent died after ADD but before caching the result.
+    std::fs::remove_file(config().cache_dir.join(format!("{id}.json"))).unwrap();
+    let again = rt
+        .block_on(cni.setup(&id, NetworkMode::Awsvpc, &[]))
+        .expect("setup over a stale namespace");
+    let ns = again.netns.clone().unwrap();
+    let mut names = interfaces_in(&ns);
+    names.sort();
+    assert_eq!(names, ["eth0", "lo"]);
+    assert!(again.ipv4.is_some());
+    rt.block_on(cni.teardown(&id, &again)).expect("teardown");
+    assert!(!ns.exists());
+    let _ = net;
 }

@@ -30,7 +30,11 @@ fn start_pump(
     let p = path.to_path_buf();
     let t = std::thread::spawn(move || logdriver::pump(out_r, err_r, Some(ready_w), &p, limits));
     let mut b = [0u8; 1];
-    assert_eq!(ready_r.read(&mut b).expect("ready pipe"), 0, "readiness is EOF");
+    assert_eq!(
+        ready_r.read(&mut b).expect("ready pipe"),
+        0,
+        "readiness is EOF"
+    );
     assert!(path.exists(), "log file created before readiness");
     (out_w, err_w, t)
 }
@@ -106,7 +110,10 @@ fn very_long_lines_are_cut_not_lost() {
 fn rotation_keeps_max_files_and_read_logs_orders_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("task.log");
-    let limits = Limits { max_size: 100, max_files: 3 };
+    let limits = Limits {
+        max_size: 100,
+        max_files: 3,
+    };
     let (mut out_w, err_w, t) = start_pump(&path, limits);
     drop(err_w);
     // Each line is 10 bytes: 10 lines per file.
@@ -121,7 +128,10 @@ fn rotation_keeps_max_files_and_read_logs_orders_oldest_first() {
         let len = std::fs::metadata(&p).unwrap().len();
         assert!(len <= 100 && len > 0, "{} is {len} bytes", p.display());
     }
-    assert!(!rotated_path(&path, 4).exists(), "only 3 rotated files kept");
+    assert!(
+        !rotated_path(&path, 4).exists(),
+        "only 3 rotated files kept"
+    );
     assert!(std::fs::metadata(&path).unwrap().len() <= 100);
 
     // Everything kept, oldest first, contiguous up to the last line.
@@ -134,13 +144,16 @@ fn rotation_keeps_max_files_and_read_logs_orders_oldest_first() {
     // Tail across files.
     assert_eq!(
         all_logs(&path, Some(15)),
-        (85..100).map(|i| format!("line {i:04}\n")).collect::<String>()
+        (85..100)
+            .map(|i| format!("line {i:04}\n"))
+            .collect::<String>()
     );
     assert_eq!(all_logs(&path, Some(0)), "");
     assert_eq!(all_logs(&path, Some(1000)), all);
     // No log at all.
     let mut sink = Vec::new();
-    let err = logdriver::read_logs(&dir.path().join("none.log"), false, None, &mut sink).unwrap_err();
+    let err =
+        logdriver::read_logs(&dir.path().join("none.log"), false, None, &mut sink).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
 }
 
@@ -181,14 +194,22 @@ fn wait_for(rx: &mpsc::Receiver<Vec<u8>>, got: &mut Vec<u8>, want: &str) {
 fn follow_continues_across_rotations() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("task.log");
-    let limits = Limits { max_size: 30, max_files: 2 };
+    let limits = Limits {
+        max_size: 30,
+        max_files: 2,
+    };
     let (mut out_w, err_w, t) = start_pump(&path, limits);
     drop(err_w);
     writeln!(out_w, "before 0").unwrap();
     writeln!(out_w, "before 1").unwrap();
     // Wait until the driver wrote them, so the reader's tail sees them.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&path).unwrap_or_default().lines().count() < 2 {
+    while std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
         assert!(Instant::now() < deadline, "driver did not write");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -214,7 +235,11 @@ fn follow_continues_across_rotations() {
     wait_for(&rx, &mut got, "END\n");
     let res = reader.join().unwrap();
     assert_eq!(res.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
-    assert_eq!(String::from_utf8(got).unwrap(), expected, "nothing lost or repeated");
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        expected,
+        "nothing lost or repeated"
+    );
     assert!(rotated_path(&path, 2).exists() && !rotated_path(&path, 3).exists());
     drop(out_w);
     t.join().unwrap().unwrap();
@@ -227,8 +252,10 @@ fn read_logs_while_stops_following() {
     std::fs::write(&path, "one\ntwo\n").unwrap();
     let mut out = Vec::new();
     let start = Instant::now();
-    logdriver::read_logs_while(&path, true, None, &mut out, &|| start.elapsed() < Duration::from_millis(300))
-        .unwrap();
+    logdriver::read_logs_while(&path, true, None, &mut out, &|| {
+        start.elapsed() < Duration::from_millis(300)
+    })
+    .unwrap();
     assert_eq!(out, b"one\ntwo\n");
 }
 
@@ -269,7 +296,11 @@ fn run_in_a_child_with_containerds_fd_layout() {
         .spawn()
         .expect("spawn child");
     let mut b = [0u8; 1];
-    assert_eq!(ready_r.read(&mut b).unwrap(), 0, "child signalled readiness");
+    assert_eq!(
+        ready_r.read(&mut b).unwrap(),
+        0,
+        "child signalled readiness"
+    );
     writeln!(out_w, "from stdout").unwrap();
     writeln!(err_w, "from stderr").unwrap();
     // SIGTERM (as the shim sends on close) does not cut the driver short...
