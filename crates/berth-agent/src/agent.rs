@@ -155,7 +155,10 @@ pub async fn start(
         }
     };
     let instance_id = state.instance_id.clone();
-    let mut ports = PortAllocator::new(cfg.dynamic_ports.0..=cfg.dynamic_ports.1, &cfg.reserved_ports);
+    let mut ports = PortAllocator::new(
+        cfg.dynamic_ports.0..=cfg.dynamic_ports.1,
+        &cfg.reserved_ports,
+    );
     if let Ok(ps) = serde_json::from_value::<PortState>(state.ports.clone()) {
         ports.restore(ps);
     }

@@ -84,7 +84,11 @@ pub fn signal_number(s: Option<&str>) -> i32 {
         return n;
     }
     let name = s.trim().to_ascii_uppercase();
-    let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
     name.parse::<nix::sys::signal::Signal>()
         .map(|sig| sig as i32)
         .unwrap_or(libc::SIGTERM)
@@ -155,8 +159,8 @@ impl Engine {
         let res = tokio::task::spawn_blocking(move || {
             let _g = me.save_lock.lock().unwrap();
             let mut snap = me.state.lock().unwrap().clone();
-            snap.ports = serde_json::to_value(me.ports.lock().unwrap().snapshot())
-                .unwrap_or_default();
+            snap.ports =
+                serde_json::to_value(me.ports.lock().unwrap().snapshot()).unwrap_or_default();
             me.state_file.save(&snap)
         })
         .await;
@@ -189,7 +193,9 @@ impl Engine {
         let st = self.state.lock().unwrap();
         st.tasks
             .values()
-            .filter(|t| t.seq > t.acked_seq && t.seq > sent.get(&t.desired.task_arn).copied().unwrap_or(0))
+            .filter(|t| {
+                t.seq > t.acked_seq && t.seq > sent.get(&t.desired.task_arn).copied().unwrap_or(0)
+            })
             .map(|t| t.report())
             .collect()
     }
@@ -198,7 +204,9 @@ impl Engine {
     pub async fn ack(self: &Arc<Self>, arn: &str, seq: u64) {
         let forget = {
             let mut st = self.state.lock().unwrap();
-            let Some(t) = st.tasks.get_mut(arn) else { return };
+            let Some(t) = st.tasks.get_mut(arn) else {
+                return;
+            };
             t.acked_seq = t.acked_seq.max(seq);
             let done = t.is_stopped() && t.cleaned && t.acked_seq >= t.seq;
             if done {
@@ -250,7 +258,11 @@ impl Engine {
                 }
                 None => {
                     let arn = d.task_arn.clone();
-                    tracing::info!(task = arn, family = d.task_definition.family, "starting task");
+                    tracing::info!(
+                        task = arn,
+                        family = d.task_definition.family,
+                        "starting task"
+                    );
                     self.with_state(|st| st.tasks.insert(arn.clone(), LocalTask::new(d)));
                     self.persist().await;
                     self.spawn_driver(arn);
@@ -266,7 +278,10 @@ impl Engine {
                     .collect()
             });
             for arn in orphans {
-                tracing::warn!(task = arn, "the server no longer assigns this task here; stopping it");
+                tracing::warn!(
+                    task = arn,
+                    "the server no longer assigns this task here; stopping it"
+                );
                 self.with_state(|st| {
                     if let Some(t) = st.tasks.get_mut(&arn) {
                         t.desired.desired_status = "STOPPED".into();
@@ -299,11 +314,19 @@ impl Engine {
     /// Containers in berth's namespace that belong to no task this agent knows (left by a
     /// lost state file): removed.
     async fn remove_unknown_containers(self: &Arc<Self>) {
-        let Ok(list) = self.runtime.list().await else { return };
+        let Ok(list) = self.runtime.list().await else {
+            return;
+        };
         for c in list {
-            let Some(arn) = c.labels.get(LABEL_TASK_ARN) else { continue };
+            let Some(arn) = c.labels.get(LABEL_TASK_ARN) else {
+                continue;
+            };
             if self.task(arn).is_none() {
-                tracing::warn!(container = c.id, task = arn, "removing a container of a task this agent does not manage");
+                tracing::warn!(
+                    container = c.id,
+                    task = arn,
+                    "removing a container of a task this agent does not manage"
+                );
                 let _ = self.runtime.kill(&c.id, libc::SIGKILL).await;
                 let _ = self.runtime.remove(&c.id).await;
             }
@@ -333,11 +356,15 @@ impl Engine {
             let defs = t.desired.task_definition.container_definitions.clone();
             let mut updates = Vec::new();
             for (name, c) in &t.containers {
-                let Some(id) = c.runtime_id.clone().filter(|_| c.created) else { continue };
+                let Some(id) = c.runtime_id.clone().filter(|_| c.created) else {
+                    continue;
+                };
                 if c.status == "STOPPED" {
                     continue;
                 }
-                let def = defs.iter().find(|d| d.name.as_deref() == Some(name.as_str()));
+                let def = defs
+                    .iter()
+                    .find(|d| d.name.as_deref() == Some(name.as_str()));
                 let ess = def.map(essential).unwrap_or(true);
                 match found.get(&id) {
                     Some(Some(ContainerState::Running { .. })) => {
@@ -347,12 +374,23 @@ impl Engine {
                         }
                     }
                     Some(Some(ContainerState::Created)) | Some(None) if !c.started => {}
-                    Some(Some(ContainerState::Stopped { exit_code, oom_killed, .. })) if c.started => {
-                        let reason = if *oom_killed { Some(OOM_REASON.to_string()) } else { None };
+                    Some(Some(ContainerState::Stopped {
+                        exit_code,
+                        oom_killed,
+                        ..
+                    })) if c.started => {
+                        let reason = if *oom_killed {
+                            Some(OOM_REASON.to_string())
+                        } else {
+                            None
+                        };
                         updates.push((name.clone(), "STOPPED".into(), Some(*exit_code), reason));
                         changed = true;
                         if ess {
-                            essential_gone.get_or_insert_with(|| "Essential container in task exited while the agent was down".to_string());
+                            essential_gone.get_or_insert_with(|| {
+                                "Essential container in task exited while the agent was down"
+                                    .to_string()
+                            });
                         }
                     }
                     _ => {
@@ -434,19 +472,33 @@ impl Engine {
             st.tasks
                 .values()
                 .flat_map(|t| {
-                    t.containers.values().filter(|c| c.status == "RUNNING").filter_map(|c| {
-                        c.runtime_id
-                            .clone()
-                            .map(|id| (t.desired.task_arn.clone(), c.name.clone(), id))
-                    })
+                    t.containers
+                        .values()
+                        .filter(|c| c.status == "RUNNING")
+                        .filter_map(|c| {
+                            c.runtime_id
+                                .clone()
+                                .map(|id| (t.desired.task_arn.clone(), c.name.clone(), id))
+                        })
                 })
                 .collect()
         });
         for (arn, name, id) in running {
             match self.runtime.state(&id).await {
-                Ok(Some(ContainerState::Stopped { exit_code, oom_killed, .. })) => {
+                Ok(Some(ContainerState::Stopped {
+                    exit_code,
+                    oom_killed,
+                    ..
+                })) => {
                     let oom = oom_killed || self.ooms.lock().unwrap().remove(&id);
-                    self.signal(&arn, Signal::Exited { name, exit_code, oom });
+                    self.signal(
+                        &arn,
+                        Signal::Exited {
+                            name,
+                            exit_code,
+                            oom,
+                        },
+                    );
                 }
                 Ok(None) => self.signal(
                     &arn,
@@ -477,7 +529,14 @@ impl Engine {
                 });
                 if let Some((arn, name)) = target {
                     let oom = self.ooms.lock().unwrap().remove(&id);
-                    self.signal(&arn, Signal::Exited { name, exit_code, oom });
+                    self.signal(
+                        &arn,
+                        Signal::Exited {
+                            name,
+                            exit_code,
+                            oom,
+                        },
+                    );
                 }
             }
         }
@@ -488,8 +547,12 @@ impl Engine {
     async fn drive(self: Arc<Self>, arn: String, mut rx: mpsc::UnboundedReceiver<Signal>) {
         let mut health_tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let Some(t) = self.task(&arn) else { return };
-        let stop_wanted = |t: &LocalTask| t.desired.desired_status == "STOPPED" || t.stop_code.is_some();
-        if !t.is_stopped() && !stop_wanted(&t) && crate::state_rank(&t.status) < crate::state_rank("RUNNING") {
+        let stop_wanted =
+            |t: &LocalTask| t.desired.desired_status == "STOPPED" || t.stop_code.is_some();
+        if !t.is_stopped()
+            && !stop_wanted(&t)
+            && crate::state_rank(&t.status) < crate::state_rank("RUNNING")
+        {
             if let Err(f) = self.start_task(&arn, &mut rx, &mut health_tasks).await {
                 tracing::warn!(task = arn, reason = f.reason, "task failed to start");
                 self.update(&arn, |t| {
@@ -542,7 +605,11 @@ impl Engine {
                     }
                 });
             }
-            Signal::Exited { name, exit_code, oom } => {
+            Signal::Exited {
+                name,
+                exit_code,
+                oom,
+            } => {
                 let Some(t) = self.task(arn) else { return };
                 if t.containers.get(&name).map(|c| c.status.as_str()) == Some("STOPPED") {
                     return;
@@ -555,7 +622,14 @@ impl Engine {
                     .find(|d| d.name.as_deref() == Some(name.as_str()))
                     .map(essential)
                     .unwrap_or(true);
-                tracing::info!(task = arn, container = name, exit_code, oom, essential = ess, "container exited");
+                tracing::info!(
+                    task = arn,
+                    container = name,
+                    exit_code,
+                    oom,
+                    essential = ess,
+                    "container exited"
+                );
                 self.update(arn, |t| {
                     if let Some(c) = t.containers.get_mut(&name) {
                         c.status = "STOPPED".into();
@@ -589,7 +663,9 @@ impl Engine {
         rx: &mut mpsc::UnboundedReceiver<Signal>,
         health_tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<(), StartFailure> {
-        let t = self.task(arn).ok_or_else(|| StartFailure::task("task vanished"))?;
+        let t = self
+            .task(arn)
+            .ok_or_else(|| StartFailure::task("task vanished"))?;
         let task_id = t.task_id().to_string();
         let td = t.desired.task_definition.clone();
         let mode = NetworkMode::from_ecs(td.network_mode.as_deref());
@@ -604,7 +680,9 @@ impl Engine {
                     Ok(n) => n,
                     Err(e) => {
                         self.release_ports(&held);
-                        return Err(StartFailure::task(format!("ResourceInitializationError: {e}")));
+                        return Err(StartFailure::task(format!(
+                            "ResourceInitializationError: {e}"
+                        )));
                     }
                 };
                 let held_c = held.clone();
@@ -628,13 +706,19 @@ impl Engine {
         let etc_files = match (&net.netns, mode) {
             (Some(_), NetworkMode::Bridge | NetworkMode::Awsvpc | NetworkMode::None) => {
                 let dir = taskspec::task_dir(&self.cfg.data_dir, &task_id);
-                std::fs::create_dir_all(&dir).map_err(|e| StartFailure::task(format!("create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| StartFailure::task(format!("create {}: {e}", dir.display())))?;
                 let hosts = dir.join("hosts");
                 let resolv = dir.join("resolv.conf");
                 let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-                std::fs::write(&hosts, taskspec::hosts_file(&t.desired, net.ipv4.as_deref()))
-                    .and_then(|_| std::fs::write(&resolv, taskspec::resolv_conf(&t.desired, &host_resolv)))
-                    .map_err(|e| StartFailure::task(format!("write task files: {e}")))?;
+                std::fs::write(
+                    &hosts,
+                    taskspec::hosts_file(&t.desired, net.ipv4.as_deref()),
+                )
+                .and_then(|_| {
+                    std::fs::write(&resolv, taskspec::resolv_conf(&t.desired, &host_resolv))
+                })
+                .map_err(|e| StartFailure::task(format!("write task files: {e}")))?;
                 Some((hosts, resolv))
             }
             _ => None,
@@ -644,7 +728,8 @@ impl Engine {
             None => NetNs::Host,
         };
         if t.pull_started_at.is_none() {
-            self.update(arn, |t| t.pull_started_at = Some(now_secs())).await;
+            self.update(arn, |t| t.pull_started_at = Some(now_secs()))
+                .await;
         }
         let mut images = HashMap::new();
         for def in &td.container_definitions {
@@ -672,8 +757,7 @@ impl Engine {
                 .ensure_image(&image, auth.as_ref(), self.cfg.pull_policy)
                 .await;
             drop(guard);
-            let info = info
-                .map_err(|e| StartFailure::container(&name, e.to_string()))?;
+            let info = info.map_err(|e| StartFailure::container(&name, e.to_string()))?;
             images.insert(name, info);
         }
         self.update(arn, |t| {
@@ -685,7 +769,9 @@ impl Engine {
             }
         })
         .await;
-        let t = self.task(arn).ok_or_else(|| StartFailure::task("task vanished"))?;
+        let t = self
+            .task(arn)
+            .ok_or_else(|| StartFailure::task("task vanished"))?;
         for def in &td.container_definitions {
             let name = def.name.clone().unwrap_or_default();
             if t.containers.get(&name).map(|c| c.created).unwrap_or(false) {
@@ -725,7 +811,9 @@ impl Engine {
         // Start containers as their dependencies allow.
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let t = self.task(arn).ok_or_else(|| StartFailure::task("task vanished"))?;
+            let t = self
+                .task(arn)
+                .ok_or_else(|| StartFailure::task("task vanished"))?;
             if t.desired.desired_status == "STOPPED" || t.stop_code.is_some() {
                 return Ok(());
             }
@@ -742,7 +830,10 @@ impl Engine {
                     DepState::Ready => {}
                     DepState::Waiting => continue,
                     DepState::Never(why) => {
-                        return Err(StartFailure::container(&name, format!("DependencyConditionNotMet: {why}")));
+                        return Err(StartFailure::container(
+                            &name,
+                            format!("DependencyConditionNotMet: {why}"),
+                        ));
                     }
                 }
                 let id = c.runtime_id.clone().unwrap_or_default();
@@ -774,7 +865,9 @@ impl Engine {
                 continue;
             }
             if Instant::now() > deadline {
-                return Err(StartFailure::task("containers' dependencies were not met within 10 minutes"));
+                return Err(StartFailure::task(
+                    "containers' dependencies were not met within 10 minutes",
+                ));
             }
             // Wait for something to change (an exit, a health change, a stop).
             match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
@@ -800,7 +893,14 @@ impl Engine {
         &self,
         t: &LocalTask,
         mode: NetworkMode,
-    ) -> Result<(Vec<PortForward>, Vec<(String, Vec<(u16, u16, String)>)>, Vec<(u16, String)>), StartFailure> {
+    ) -> Result<
+        (
+            Vec<PortForward>,
+            Vec<(String, Vec<(u16, u16, String)>)>,
+            Vec<(u16, String)>,
+        ),
+        StartFailure,
+    > {
         let mut forwards = Vec::new();
         let mut bindings = Vec::new();
         let mut held: Vec<(u16, String)> = Vec::new();
@@ -818,7 +918,9 @@ impl Engine {
             let name = def.name.clone().unwrap_or_default();
             let mut b = Vec::new();
             for pm in def.port_mappings.iter().flatten() {
-                let Some(cp) = pm.container_port.filter(|p| *p > 0 && *p <= 65535) else { continue };
+                let Some(cp) = pm.container_port.filter(|p| *p > 0 && *p <= 65535) else {
+                    continue;
+                };
                 let proto_s = pm.protocol.clone().unwrap_or_else(|| "tcp".into());
                 let proto = parse_proto(&proto_s);
                 let want = match mode {
@@ -834,7 +936,13 @@ impl Engine {
                 } else {
                     match ports.allocate(proto) {
                         Ok(p) => p,
-                        Err(e) => return Err(fail(&mut ports, &held, format!("ResourceInitializationError: {e}"))),
+                        Err(e) => {
+                            return Err(fail(
+                                &mut ports,
+                                &held,
+                                format!("ResourceInitializationError: {e}"),
+                            ))
+                        }
                     }
                 };
                 held.push((host, proto_s.clone()));
@@ -859,7 +967,11 @@ impl Engine {
         }
     }
 
-    fn spawn_health(self: &Arc<Self>, arn: &str, name: &str) -> Option<tokio::task::JoinHandle<()>> {
+    fn spawn_health(
+        self: &Arc<Self>,
+        arn: &str,
+        name: &str,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let t = self.task(arn)?;
         let def = t
             .desired
@@ -888,7 +1000,13 @@ impl Engine {
                     Err(_) => false,
                 };
                 if let Some(h) = st.record(ok, started.elapsed()) {
-                    me.signal(&arn, Signal::Health { name: name.clone(), status: h.as_ecs() });
+                    me.signal(
+                        &arn,
+                        Signal::Health {
+                            name: name.clone(),
+                            status: h.as_ecs(),
+                        },
+                    );
                 }
                 tokio::time::sleep(cfg.interval).await;
             }
@@ -912,11 +1030,15 @@ impl Engine {
             let mut waits = Vec::new();
             for def in &t.desired.task_definition.container_definitions {
                 let name = def.name.clone().unwrap_or_default();
-                let Some(c) = t.containers.get(&name) else { continue };
+                let Some(c) = t.containers.get(&name) else {
+                    continue;
+                };
                 if c.status != "RUNNING" {
                     continue;
                 }
-                let Some(id) = c.runtime_id.clone() else { continue };
+                let Some(id) = c.runtime_id.clone() else {
+                    continue;
+                };
                 let timeout = def
                     .stop_timeout
                     .filter(|s| *s >= 0)
@@ -930,31 +1052,69 @@ impl Engine {
                 let hard_deadline = kill_at + Duration::from_secs(15);
                 loop {
                     let t = self.task(arn);
-                    if t.as_ref().and_then(|t| t.containers.get(&name)).map(|c| c.status.as_str()) == Some("STOPPED") {
+                    if t.as_ref()
+                        .and_then(|t| t.containers.get(&name))
+                        .map(|c| c.status.as_str())
+                        == Some("STOPPED")
+                    {
                         break;
                     }
                     match self.runtime.state(&id).await {
-                        Ok(Some(ContainerState::Stopped { exit_code, oom_killed, .. })) => {
-                            self.on_signal(arn, Signal::Exited { name: name.clone(), exit_code, oom: oom_killed }).await;
+                        Ok(Some(ContainerState::Stopped {
+                            exit_code,
+                            oom_killed,
+                            ..
+                        })) => {
+                            self.on_signal(
+                                arn,
+                                Signal::Exited {
+                                    name: name.clone(),
+                                    exit_code,
+                                    oom: oom_killed,
+                                },
+                            )
+                            .await;
                             break;
                         }
                         Ok(None) => {
-                            self.on_signal(arn, Signal::Exited { name: name.clone(), exit_code: 137, oom: false }).await;
+                            self.on_signal(
+                                arn,
+                                Signal::Exited {
+                                    name: name.clone(),
+                                    exit_code: 137,
+                                    oom: false,
+                                },
+                            )
+                            .await;
                             break;
                         }
                         _ => {}
                     }
                     let now = Instant::now();
                     if !killed && now >= kill_at {
-                        tracing::info!(task = arn, container = name, "stop timeout passed; sending SIGKILL");
+                        tracing::info!(
+                            task = arn,
+                            container = name,
+                            "stop timeout passed; sending SIGKILL"
+                        );
                         let _ = self.runtime.kill(&id, libc::SIGKILL).await;
                         killed = true;
                     }
                     if now >= hard_deadline {
-                        tracing::error!(task = arn, container = name, "container did not stop after SIGKILL");
+                        tracing::error!(
+                            task = arn,
+                            container = name,
+                            "container did not stop after SIGKILL"
+                        );
                         break;
                     }
-                    let wait = if killed { Duration::from_millis(200) } else { kill_at.saturating_duration_since(now).min(Duration::from_millis(500)) };
+                    let wait = if killed {
+                        Duration::from_millis(200)
+                    } else {
+                        kill_at
+                            .saturating_duration_since(now)
+                            .min(Duration::from_millis(500))
+                    };
                     if let Ok(Some(s)) = tokio::time::timeout(wait, rx.recv()).await {
                         self.on_signal(arn, s).await;
                     }
@@ -1040,7 +1200,9 @@ fn deps_state(t: &LocalTask, def: &ContainerDefinition) -> DepState {
                     return DepState::Never(format!(
                         "container {} exited with code {} and a SUCCESS dependency needs 0",
                         c.name,
-                        c.exit_code.map(|x| x.to_string()).unwrap_or_else(|| "unknown".into())
+                        c.exit_code
+                            .map(|x| x.to_string())
+                            .unwrap_or_else(|| "unknown".into())
                     ));
                 }
                 c.status == "STOPPED" && c.exit_code == Some(0)

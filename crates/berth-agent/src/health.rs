@@ -133,11 +133,17 @@ mod tests {
     #[test]
     fn parses_ecs_forms_with_defaults() {
         let hc = HealthCheck {
-            command: vec!["CMD-SHELL".into(), "curl -f http://localhost/ || exit 1".into()],
+            command: vec![
+                "CMD-SHELL".into(),
+                "curl -f http://localhost/ || exit 1".into(),
+            ],
             ..Default::default()
         };
         let c = HealthConfig::from_ecs(&hc).unwrap();
-        assert_eq!(c.argv, ["/bin/sh", "-c", "curl -f http://localhost/ || exit 1"]);
+        assert_eq!(
+            c.argv,
+            ["/bin/sh", "-c", "curl -f http://localhost/ || exit 1"]
+        );
         assert_eq!(c.interval, Duration::from_secs(30));
         assert_eq!(c.timeout, Duration::from_secs(5));
         assert_eq!(c.retries, 3);
@@ -174,7 +180,10 @@ mod tests {
         let mut s = HealthState::new(&cfg(1, 30));
         assert_eq!(s.record(false, Duration::from_secs(5)), None);
         assert_eq!(s.status, Health::Unknown);
-        assert_eq!(s.record(false, Duration::from_secs(31)), Some(Health::Unhealthy));
+        assert_eq!(
+            s.record(false, Duration::from_secs(31)),
+            Some(Health::Unhealthy)
+        );
     }
 
     #[test]

@@ -5,19 +5,19 @@
 //! [`network::Network`] (network namespaces and CNI). The reconcile loop only talks to those
 //! traits, so its decisions are tested against in-memory doubles.
 
-pub mod runtime;
-pub mod network;
-pub mod containerd;
-pub mod spec;
-pub mod image;
-pub mod cni;
-pub mod netns;
-pub mod ports;
-pub mod logdriver;
 pub mod agent;
+pub mod cni;
+pub mod containerd;
 pub mod engine;
 pub mod health;
+pub mod image;
+pub mod logdriver;
+pub mod netns;
+pub mod network;
+pub mod ports;
+pub mod runtime;
 pub mod session;
+pub mod spec;
 pub mod state;
 pub mod taskspec;
 

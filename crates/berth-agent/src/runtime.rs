@@ -136,7 +136,9 @@ pub struct ContainerSpec {
 pub enum ContainerState {
     /// Created (task created in containerd) but not started.
     Created,
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     Stopped {
         exit_code: i32,
         /// Exit time, ms since the epoch (0 if unknown).

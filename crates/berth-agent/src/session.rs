@@ -61,7 +61,11 @@ pub async fn run(
             Err(SessionEnd::Fatal(f)) => return Err(f),
             Err(SessionEnd::Retry(e)) => {
                 if !first_fail_logged {
-                    tracing::warn!(server = addr, error = e, "cannot reach the server; retrying (other servers too)");
+                    tracing::warn!(
+                        server = addr,
+                        error = e,
+                        "cannot reach the server; retrying (other servers too)"
+                    );
                     first_fail_logged = true;
                 } else {
                     tracing::debug!(server = addr, error = e, "still cannot reach the server");
@@ -103,7 +107,12 @@ async fn one_session(
         format!("http://{addr}")
     };
     let endpoint = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| SessionEnd::Fatal(Fatal { code: "BadServerAddress".into(), message: format!("{addr}: {e}") }))?
+        .map_err(|e| {
+            SessionEnd::Fatal(Fatal {
+                code: "BadServerAddress".into(),
+                message: format!("{addr}: {e}"),
+            })
+        })?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

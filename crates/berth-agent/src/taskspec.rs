@@ -28,13 +28,20 @@ pub fn override_for<'a>(task: &'a DesiredTask, name: &str) -> Option<&'a Contain
 
 /// argv as docker computes it: an `entryPoint` in the definition replaces the image's
 /// ENTRYPOINT and drops the image's CMD; `command` (or its override) replaces CMD.
-pub fn argv(def: &ContainerDefinition, ov: Option<&ContainerOverride>, img: &ImageInfo) -> Vec<String> {
+pub fn argv(
+    def: &ContainerDefinition,
+    ov: Option<&ContainerOverride>,
+    img: &ImageInfo,
+) -> Vec<String> {
     let command = ov
         .and_then(|o| o.command.clone())
         .or_else(|| def.command.clone());
     let (entry, cmd) = match &def.entry_point {
         Some(ep) => (ep.clone(), command.unwrap_or_default()),
-        None => (img.entrypoint.clone(), command.unwrap_or_else(|| img.cmd.clone())),
+        None => (
+            img.entrypoint.clone(),
+            command.unwrap_or_else(|| img.cmd.clone()),
+        ),
     };
     entry.into_iter().chain(cmd).collect()
 }
@@ -45,7 +52,10 @@ pub fn task_dir(data_dir: &Path, task_id: &str) -> PathBuf {
 }
 
 pub fn log_path(data_dir: &Path, task_id: &str, container: &str) -> PathBuf {
-    data_dir.join("logs").join(task_id).join(format!("{container}.log"))
+    data_dir
+        .join("logs")
+        .join(task_id)
+        .join(format!("{container}.log"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,7 +104,11 @@ pub fn container_spec(
             set(&mut env, k, kv.value.as_deref().unwrap_or(""));
         }
     }
-    for kv in ov.and_then(|o| o.environment.as_ref()).into_iter().flatten() {
+    for kv in ov
+        .and_then(|o| o.environment.as_ref())
+        .into_iter()
+        .flatten()
+    {
         if let Some(k) = &kv.name {
             set(&mut env, k, kv.value.as_deref().unwrap_or(""));
         }
@@ -104,7 +118,8 @@ pub fn container_spec(
     set(&mut env, "BERTH_CONTAINER_NAME", &name);
     set(&mut env, "BERTH_CLUSTER", &cx.task.cluster);
     if !env.iter().any(|(k, _)| k == "PATH") {
-        set(&mut env, 
+        set(
+            &mut env,
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         );
@@ -183,7 +198,11 @@ pub fn container_spec(
             .or_else(|| img.working_dir.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into()),
-        user: def.user.clone().or_else(|| img.user.clone()).filter(|u| !u.is_empty()),
+        user: def
+            .user
+            .clone()
+            .or_else(|| img.user.clone())
+            .filter(|u| !u.is_empty()),
         hostname: def.hostname.clone(),
         labels,
         cpu_shares: cpu,
@@ -252,9 +271,7 @@ pub fn resolv_conf(task: &DesiredTask, host_resolv: &str) -> String {
     if servers.is_empty() && search.is_empty() {
         return host_resolv
             .lines()
-            .filter(|l| {
-                !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1"))
-            })
+            .filter(|l| !(l.starts_with("nameserver 127.") || l.starts_with("nameserver ::1")))
             .map(|l| format!("{l}\n"))
             .collect();
     }
@@ -386,7 +403,9 @@ mod tests {
         assert!(s.env.contains(&"PATH=/bin".to_string()));
         assert!(s.env.contains(&"MODE=def".to_string()));
         assert!(s.env.contains(&"A=2".to_string()));
-        assert!(s.env.contains(&"BERTH_TASK_ID=0123456789abcdef0123456789abcdef".to_string()));
+        assert!(s
+            .env
+            .contains(&"BERTH_TASK_ID=0123456789abcdef0123456789abcdef".to_string()));
         assert!(s.env.contains(&"BERTH_CONTAINER_NAME=web".to_string()));
         assert_eq!(s.memory_limit_mib, Some(256));
         assert_eq!(s.cpu_shares, 512);
@@ -467,7 +486,10 @@ mod tests {
     #[test]
     fn resolv_conf_drops_loopback_resolvers() {
         let t = task(vec![def("web")], Default::default());
-        let r = resolv_conf(&t, "nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch lan\n");
+        let r = resolv_conf(
+            &t,
+            "nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch lan\n",
+        );
         assert_eq!(r, "nameserver 10.0.0.2\nsearch lan\n");
     }
 }

@@ -76,7 +76,9 @@ impl Runtime for FakeRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         let f = self.0.lock().unwrap();
         if f.missing_images.iter().any(|m| m == reference) {
-            return Err(RuntimeError::ImageNotFound(format!("{reference}: not found")));
+            return Err(RuntimeError::ImageNotFound(format!(
+                "{reference}: not found"
+            )));
         }
         Ok(ImageInfo {
             name: reference.into(),
@@ -107,7 +109,10 @@ impl Runtime for FakeRuntime {
         let stop = {
             let mut f = self.0.lock().unwrap();
             f.calls.push(format!("kill {id} {signal}"));
-            let running = matches!(f.containers.get(id), Some((_, ContainerState::Running { .. })));
+            let running = matches!(
+                f.containers.get(id),
+                Some((_, ContainerState::Running { .. }))
+            );
             running && (signal == libc::SIGKILL || !f.stubborn.iter().any(|s| s == id))
         };
         if stop {
@@ -116,7 +121,13 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
     async fn state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
-        Ok(self.0.lock().unwrap().containers.get(id).map(|c| c.1.clone()))
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .containers
+            .get(id)
+            .map(|c| c.1.clone()))
     }
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut f = self.0.lock().unwrap();
@@ -233,7 +244,12 @@ fn engine_with(rt: FakeRuntime, dir: tempfile::TempDir, state: AgentState) -> Se
         state,
         PortAllocator::new(50000..=50010, &[50001]).with_probe(|_, _| true),
     );
-    Setup { engine, rt, net, dir }
+    Setup {
+        engine,
+        rt,
+        net,
+        dir,
+    }
 }
 
 async fn setup() -> Setup {
@@ -254,7 +270,11 @@ async fn wait_status(e: &Engine, want: &str) -> berth_agent::state::LocalTask {
                 return t.clone();
             }
         }
-        assert!(Instant::now() < deadline, "task never reached {want}: {:?}", e.snapshot().tasks.get(ARN).map(|t| &t.status));
+        assert!(
+            Instant::now() < deadline,
+            "task never reached {want}: {:?}",
+            e.snapshot().tasks.get(ARN).map(|t| &t.status)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -277,12 +297,16 @@ async fn a_task_runs_with_dynamic_ports_and_stops_on_request() {
         container_port: Some(8081),
         ..Default::default()
     }]);
-    s.engine.apply_desired(true, vec![desired(vec![web, side])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![web, side])])
+        .await;
     let t = wait_status(&s.engine, "RUNNING").await;
     let ports: Vec<u16> = t.containers.values().map(|c| c.bindings[0].0).collect();
     assert_eq!(ports.len(), 2);
     assert_ne!(ports[0], ports[1]);
-    assert!(ports.iter().all(|p| (50000..=50010).contains(p) && *p != 50001));
+    assert!(ports
+        .iter()
+        .all(|p| (50000..=50010).contains(p) && *p != 50001));
     assert!(t.started_at.is_some() && t.pull_started_at.is_some());
     let r = t.report();
     assert_eq!(r.last_status, "RUNNING");
@@ -294,7 +318,10 @@ async fn a_task_runs_with_dynamic_ports_and_stops_on_request() {
     s.engine.apply_desired(false, vec![d]).await;
     let t = wait_status(&s.engine, "STOPPED").await;
     assert_eq!(t.stopped_reason.as_deref(), Some("done"));
-    assert!(t.containers.values().all(|c| c.exit_code == Some(128 + libc::SIGTERM)));
+    assert!(t
+        .containers
+        .values()
+        .all(|c| c.exit_code == Some(128 + libc::SIGTERM)));
     assert!(s.rt.calls("remove").len() == 2);
     assert_eq!(s.net.torn_down.lock().unwrap().as_slice(), [TID]);
     // The saved state agrees with memory.
@@ -307,7 +334,9 @@ async fn essential_exit_stops_the_task_non_essential_does_not() {
     let s = setup().await;
     let mut helper = cdef("helper");
     helper.essential = Some(false);
-    s.engine.apply_desired(true, vec![desired(vec![cdef("web"), helper])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![cdef("web"), helper])])
+        .await;
     wait_status(&s.engine, "RUNNING").await;
     s.rt.exit(&cid("helper"), 0, false);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -317,7 +346,10 @@ async fn essential_exit_stops_the_task_non_essential_does_not() {
     s.rt.exit(&cid("web"), 137, true);
     let t = wait_status(&s.engine, "STOPPED").await;
     assert_eq!(t.stop_code.as_deref(), Some("EssentialContainerExited"));
-    assert_eq!(t.stopped_reason.as_deref(), Some("Essential container in task exited"));
+    assert_eq!(
+        t.stopped_reason.as_deref(),
+        Some("Essential container in task exited")
+    );
     assert_eq!(t.containers["web"].exit_code, Some(137));
     assert_eq!(t.containers["web"].reason.as_deref(), Some(OOM_REASON));
 }
@@ -326,7 +358,9 @@ async fn essential_exit_stops_the_task_non_essential_does_not() {
 async fn stop_escalates_to_sigkill_after_stop_timeout() {
     let s = setup().await;
     s.rt.0.lock().unwrap().stubborn.push(cid("web"));
-    s.engine.apply_desired(true, vec![desired(vec![cdef("web")])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![cdef("web")])])
+        .await;
     wait_status(&s.engine, "RUNNING").await;
     let mut d = desired(vec![cdef("web")]);
     d.desired_status = "STOPPED".into();
@@ -336,7 +370,10 @@ async fn stop_escalates_to_sigkill_after_stop_timeout() {
     assert!(begun.elapsed() >= Duration::from_millis(300));
     assert_eq!(
         s.rt.calls("kill"),
-        [format!("kill {} {}", cid("web"), libc::SIGTERM), format!("kill {} {}", cid("web"), libc::SIGKILL)]
+        [
+            format!("kill {} {}", cid("web"), libc::SIGTERM),
+            format!("kill {} {}", cid("web"), libc::SIGKILL)
+        ]
     );
     assert_eq!(t.containers["web"].exit_code, Some(128 + libc::SIGKILL));
 }
@@ -351,7 +388,9 @@ async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
         container_name: "init".into(),
         condition: "SUCCESS".into(),
     }]);
-    s.engine.apply_desired(true, vec![desired(vec![init, web])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![init, web])])
+        .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while s.rt.calls("start").is_empty() {
         assert!(Instant::now() < deadline);
@@ -371,7 +410,9 @@ async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
         container_name: "init".into(),
         condition: "SUCCESS".into(),
     }]);
-    s.engine.apply_desired(true, vec![desired(vec![init, web])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![init, web])])
+        .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while s.rt.calls("start").is_empty() {
         assert!(Instant::now() < deadline);
@@ -387,11 +428,21 @@ async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
 async fn a_missing_image_fails_the_task_with_a_pull_error() {
     let s = setup().await;
     s.rt.0.lock().unwrap().missing_images.push("img:1".into());
-    s.engine.apply_desired(true, vec![desired(vec![cdef("web")])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![cdef("web")])])
+        .await;
     let t = wait_status(&s.engine, "STOPPED").await;
     assert_eq!(t.stop_code.as_deref(), Some("TaskFailedToStart"));
-    assert!(t.stopped_reason.as_deref().unwrap().starts_with("CannotPullContainerError"));
-    assert!(t.containers["web"].reason.as_deref().unwrap().contains("img:1"));
+    assert!(t
+        .stopped_reason
+        .as_deref()
+        .unwrap()
+        .starts_with("CannotPullContainerError"));
+    assert!(t.containers["web"]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("img:1"));
     // Its ports went back.
     assert!(t.host_ports.is_empty());
     assert!(s.rt.calls("create").is_empty());
@@ -406,7 +457,9 @@ async fn static_host_port_conflict_fails_with_a_reason_naming_the_port() {
         host_port: Some(50005),
         ..Default::default()
     }]);
-    s.engine.apply_desired(true, vec![desired(vec![a.clone()])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![a.clone()])])
+        .await;
     wait_status(&s.engine, "RUNNING").await;
     let mut second = desired(vec![a]);
     second.task_arn = ARN.replace("0123", "9999");
@@ -426,7 +479,9 @@ async fn static_host_port_conflict_fails_with_a_reason_naming_the_port() {
 #[tokio::test]
 async fn restart_adopts_running_containers_and_reports_vanished_ones() {
     let s = setup().await;
-    s.engine.apply_desired(true, vec![desired(vec![cdef("web")])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![cdef("web")])])
+        .await;
     wait_status(&s.engine, "RUNNING").await;
     let creates = s.rt.calls("create").len();
     let starts = s.rt.calls("start").len();
@@ -435,9 +490,15 @@ async fn restart_adopts_running_containers_and_reports_vanished_ones() {
     let s2 = engine_with(s.rt.clone(), s.dir, saved.clone());
     s2.engine.recover().await.unwrap();
     tokio::spawn(s2.engine.clone().watch_runtime());
-    s2.engine.apply_desired(true, vec![desired(vec![cdef("web")])]).await;
+    s2.engine
+        .apply_desired(true, vec![desired(vec![cdef("web")])])
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.rt.calls("create").len(), creates, "no container recreated");
+    assert_eq!(
+        s.rt.calls("create").len(),
+        creates,
+        "no container recreated"
+    );
     assert_eq!(s.rt.calls("start").len(), starts, "no container restarted");
     assert_eq!(s2.engine.snapshot().tasks[ARN].status, "RUNNING");
     // The container dies while the agent is down: reported after the restart.
@@ -448,13 +509,19 @@ async fn restart_adopts_running_containers_and_reports_vanished_ones() {
     let t = wait_status(&s3.engine, "STOPPED").await;
     assert_eq!(t.stop_code.as_deref(), Some("EssentialContainerExited"));
     assert!(t.stopped_reason.unwrap().contains("vanished"));
-    assert!(t.containers["web"].reason.as_deref().unwrap().starts_with("ContainerVanished"));
+    assert!(t.containers["web"]
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("ContainerVanished"));
 }
 
 #[tokio::test]
 async fn a_full_desired_set_without_a_task_stops_it() {
     let s = setup().await;
-    s.engine.apply_desired(true, vec![desired(vec![cdef("web")])]).await;
+    s.engine
+        .apply_desired(true, vec![desired(vec![cdef("web")])])
+        .await;
     wait_status(&s.engine, "RUNNING").await;
     s.engine.apply_desired(true, vec![]).await;
     let t = wait_status(&s.engine, "STOPPED").await;

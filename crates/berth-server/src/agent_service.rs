@@ -211,12 +211,10 @@ async fn run_session(
     }
     match &settings.join_token {
         Some(t) if token_matches(t, &hello.join_token) => {}
-        Some(_) => {
-            return Err(err(
-                "AccessDenied",
-                "the join token is wrong: use the token the servers were started with (--join-token)",
-            ))
-        }
+        Some(_) => return Err(err(
+            "AccessDenied",
+            "the join token is wrong: use the token the servers were started with (--join-token)",
+        )),
         None => {
             return Err(err(
                 "AccessDenied",
@@ -242,7 +240,13 @@ async fn run_session(
         Response::Error { error } => return Err(err("RegisterFailed", error.message)),
         other => return Err(err("RegisterFailed", format!("unexpected {other:?}"))),
     };
-    tracing::info!(peer, cluster, instance_id, hostname = hello.hostname, "agent registered");
+    tracing::info!(
+        peer,
+        cluster,
+        instance_id,
+        hostname = hello.hostname,
+        "agent registered"
+    );
 
     // 2. Welcome and the full desired set, as of a linearizable read.
     if !send(
@@ -429,7 +433,10 @@ pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
 /// Leader only: marks instances whose agent has not been seen within the heartbeat timeout
 /// as disconnected (their server may have died with the session), and purges tasks stopped
 /// longer ago than [`STOPPED_TASK_RETENTION`].
-pub async fn watch_heartbeats(node: Arc<ServerNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn watch_heartbeats(
+    node: Arc<ServerNode>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let timeout = node.agent_settings.heartbeat_timeout;
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout / 2));
     let mut last_purge = tokio::time::Instant::now();
@@ -442,7 +449,9 @@ pub async fn watch_heartbeats(node: Arc<ServerNode>, mut shutdown: tokio::sync::
             continue;
         }
         let now = now_secs();
-        let Ok(clusters) = node.reader.clusters() else { continue };
+        let Ok(clusters) = node.reader.clusters() else {
+            continue;
+        };
         // Stopped tasks stay describable for an hour (as ECS promises), then go.
         let purge = last_purge.elapsed() >= Duration::from_secs(60);
         if purge {
@@ -458,12 +467,18 @@ pub async fn watch_heartbeats(node: Arc<ServerNode>, mut shutdown: tokio::sync::
                     })
                     .await;
             }
-            let Ok(instances) = node.reader.container_instances(&name) else { continue };
+            let Ok(instances) = node.reader.container_instances(&name) else {
+                continue;
+            };
             for ci in instances {
                 let connected = ci.instance.agent_connected.unwrap_or(false);
                 if connected && ci.last_seen + timeout.as_secs_f64() < now {
                     let id = ci.instance.ec2_instance_id.clone().unwrap_or_default();
-                    tracing::warn!(cluster = name, instance = id, "agent missed its heartbeat deadline; marking it disconnected");
+                    tracing::warn!(
+                        cluster = name,
+                        instance = id,
+                        "agent missed its heartbeat deadline; marking it disconnected"
+                    );
                     let _ = node
                         .write(Command::SetAgentConnected {
                             cluster: name.clone(),

@@ -390,7 +390,10 @@ fn unable_to_describe() -> ApiError {
 }
 
 /// Resolves `family`, `family:revision` or an ARN against applied state.
-pub(crate) fn resolve_task_definition(ctx: &Ctx, s: &str) -> Result<Option<TaskDefinition>, ApiError> {
+pub(crate) fn resolve_task_definition(
+    ctx: &Ctx,
+    s: &str,
+) -> Result<Option<TaskDefinition>, ApiError> {
     let r = parse_task_definition_ref(s)?;
     match r.revision {
         Some(rev) => ctx

@@ -15,7 +15,12 @@ use clap::Args;
 pub struct AgentArgs {
     /// Cluster address (HOST:PORT of a server's cluster port, 7701 by default); repeatable or
     /// comma-separated. The agent learns the other servers once connected.
-    #[arg(long = "server", env = "BERTH_SERVERS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "server",
+        env = "BERTH_SERVERS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub servers: Vec<String>,
     /// The cluster to join.
     #[arg(long, env = "BERTH_CLUSTER", default_value = "default")]
@@ -24,7 +29,11 @@ pub struct AgentArgs {
     #[arg(long, env = "BERTH_JOIN_TOKEN")]
     pub join_token: String,
     /// The agent's own state, task files and container logs.
-    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "/var/lib/berth-agent")]
+    #[arg(
+        long,
+        env = "BERTH_AGENT_DATA_DIR",
+        default_value = "/var/lib/berth-agent"
+    )]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub machine: MachineArgs,
@@ -46,7 +55,11 @@ pub struct MachineArgs {
     /// Name reported for this machine (default: the hostname).
     #[arg(long, env = "BERTH_HOSTNAME")]
     pub hostname: Option<String>,
-    #[arg(long, env = "BERTH_CONTAINERD_SOCKET", default_value = "/run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        env = "BERTH_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     pub containerd_socket: PathBuf,
     /// containerd namespace for berth's containers and images.
     #[arg(long, env = "BERTH_CONTAINERD_NAMESPACE", default_value = "berth")]
@@ -94,10 +107,18 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| format!("'{s}' must be FIRST-LAST, like 49153-65535"))?;
-    let a: u16 = a.trim().parse().map_err(|_| format!("'{a}' is not a port"))?;
-    let b: u16 = b.trim().parse().map_err(|_| format!("'{b}' is not a port"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{a}' is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{b}' is not a port"))?;
     if a == 0 || a > b {
-        return Err(format!("'{s}': the first port must be between 1 and the last"));
+        return Err(format!(
+            "'{s}': the first port must be between 1 and the last"
+        ));
     }
     Ok((a, b))
 }
@@ -126,7 +147,12 @@ fn route_ip(server: &str) -> Option<String> {
         .to_socket_addrs()
         .ok()?
         .next()?;
-    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .ok()?;
     sock.connect(addr).ok()?;
     Some(sock.local_addr().ok()?.ip().to_string())
 }
@@ -140,7 +166,8 @@ fn hostname() -> String {
 pub async fn connect_runtime(m: &MachineArgs) -> anyhow::Result<Containerd> {
     let opts = ContainerdOptions {
         insecure_registries: m.insecure_registries.clone(),
-        log_driver: std::env::current_exe().context("locate the berth binary for the log driver")?,
+        log_driver: std::env::current_exe()
+            .context("locate the berth binary for the log driver")?,
         ..Default::default()
     };
     Containerd::connect(&m.containerd_socket, &m.namespace, opts)
@@ -186,7 +213,11 @@ pub async fn start_agent(
         host_ip,
         hostname: m.hostname.clone().unwrap_or_else(hostname),
         pull_policy: m.pull_behavior,
-        registry_credentials: m.registry_credentials.iter().cloned().collect::<BTreeMap<_, _>>(),
+        registry_credentials: m
+            .registry_credentials
+            .iter()
+            .cloned()
+            .collect::<BTreeMap<_, _>>(),
         stop_timeout,
         dynamic_ports: m.dynamic_ports,
         reserved_ports: if m.reserved_ports.is_empty() {
@@ -240,7 +271,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 pub struct ImportArgs {
     /// OCI image layout or docker-save archive (.tar).
     pub archive: PathBuf,
-    #[arg(long, env = "BERTH_CONTAINERD_SOCKET", default_value = "/run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        env = "BERTH_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     pub containerd_socket: PathBuf,
     #[arg(long, env = "BERTH_CONTAINERD_NAMESPACE", default_value = "berth")]
     pub namespace: String,
@@ -250,7 +285,12 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let opts = ContainerdOptions::default();
     let rt = Containerd::connect(&args.containerd_socket, &args.namespace, opts)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot use containerd at {}: {e}", args.containerd_socket.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use containerd at {}: {e}",
+                args.containerd_socket.display()
+            )
+        })?;
     eprintln!("importing {} …", args.archive.display());
     let images = rt
         .import_archive(&args.archive)
@@ -294,7 +334,12 @@ fn default_log_dirs() -> Vec<PathBuf> {
 
 /// Prints a task's container output from this machine's agent.
 pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
-    let id = args.task.rsplit('/').next().unwrap_or(&args.task).to_string();
+    let id = args
+        .task
+        .rsplit('/')
+        .next()
+        .unwrap_or(&args.task)
+        .to_string();
     let dirs = match &args.data_dir {
         Some(d) => vec![d.clone()],
         None => default_log_dirs(),
@@ -326,8 +371,13 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     }
     if files.len() == 1 {
         let (_, path) = &files[0];
-        return berth_agent::logdriver::read_logs(path, args.follow, args.tail, std::io::stdout().lock())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        return berth_agent::logdriver::read_logs(
+            path,
+            args.follow,
+            args.tail,
+            std::io::stdout().lock(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
     }
     // Several containers: each line prefixed with its container's name.
     let mut handles = Vec::new();

@@ -43,7 +43,12 @@ pub fn busybox_archive(busybox: &Path, out: &Path, name: &str) -> anyhow::Result
     let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
     let data = std::fs::read(busybox).with_context(|| format!("read {}", busybox.display()))?;
     let mut layer = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, kind: tar::EntryType, bytes: &[u8], link: Option<&str>, mode: u32| -> anyhow::Result<()> {
+    let mut add = |path: &str,
+                   kind: tar::EntryType,
+                   bytes: &[u8],
+                   link: Option<&str>,
+                   mode: u32|
+     -> anyhow::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(mode);
@@ -60,7 +65,13 @@ pub fn busybox_archive(busybox: &Path, out: &Path, name: &str) -> anyhow::Result
     }
     add("bin/busybox", tar::EntryType::Regular, &data, None, 0o755)?;
     for a in ["sh", "sleep", "true", "httpd", "echo"] {
-        add(&format!("bin/{a}"), tar::EntryType::Symlink, &[], Some("busybox"), 0o777)?;
+        add(
+            &format!("bin/{a}"),
+            tar::EntryType::Symlink,
+            &[],
+            Some("busybox"),
+            0o777,
+        )?;
     }
     let layer = layer.into_inner()?;
     let config = serde_json::to_vec(&json!({
@@ -106,7 +117,9 @@ fn rss_mib(pid: u32) -> Option<f64> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -115,7 +128,11 @@ fn ms(d: Duration) -> f64 {
 
 fn summary(v: &mut [Duration]) -> (f64, f64, f64) {
     v.sort();
-    (ms(percentile(v, 50.0)), ms(percentile(v, 99.0)), ms(percentile(v, 100.0)))
+    (
+        ms(percentile(v, 50.0)),
+        ms(percentile(v, 99.0)),
+        ms(percentile(v, 100.0)),
+    )
 }
 
 fn ctr(ns: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -137,7 +154,10 @@ async fn dispatch(ctx: &berth_server::api::Ctx, op: &str, body: Value) -> anyhow
 
 pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
     if !args.containerd_socket.exists() {
-        bail!("no containerd at {}: start containerd first", args.containerd_socket.display());
+        bail!(
+            "no containerd at {}: start containerd first",
+            args.containerd_socket.display()
+        );
     }
     let dir = tempfile::tempdir()?;
     let ns = format!("berth-bench-{}", std::process::id());
@@ -183,8 +203,25 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
     // The agent as its own process.
     let agent_log = std::fs::File::create(dir.path().join("agent.log"))?;
     let mut agent = tokio::process::Command::new(&exe)
-        .args(["agent", "--server", &format!("127.0.0.1:{raft_port}"), "--cluster", "bench", "--join-token", token, "--namespace", &ns])
-        .args(["--cni-bridge", "berthbench0", "--cni-subnet", "10.96.0.0/20", "--stop-timeout", "1s"])
+        .args([
+            "agent",
+            "--server",
+            &format!("127.0.0.1:{raft_port}"),
+            "--cluster",
+            "bench",
+            "--join-token",
+            token,
+            "--namespace",
+            &ns,
+        ])
+        .args([
+            "--cni-bridge",
+            "berthbench0",
+            "--cni-subnet",
+            "10.96.0.0/20",
+            "--stop-timeout",
+            "1s",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("agent"))
         .stdout(agent_log.try_clone()?)
@@ -195,11 +232,18 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = dispatch(&ctx, "ListContainerInstances", json!({"cluster": "bench"})).await?;
-        if v["containerInstanceArns"].as_array().map(|a| !a.is_empty()).unwrap_or(false) {
+        if v["containerInstanceArns"]
+            .as_array()
+            .map(|a| !a.is_empty())
+            .unwrap_or(false)
+        {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the agent did not register within 20 s; see {}", dir.path().join("agent.log").display());
+            bail!(
+                "the agent did not register within 20 s; see {}",
+                dir.path().join("agent.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -218,8 +262,16 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
     eprint!("berth: starting {} tasks ", args.tasks + 1);
     for i in 0..=args.tasks {
         let t0 = Instant::now();
-        let v = dispatch(&ctx, "RunTask", json!({"cluster": "bench", "taskDefinition": "bench"})).await?;
-        let task_arn = v["tasks"][0]["taskArn"].as_str().unwrap_or_default().to_string();
+        let v = dispatch(
+            &ctx,
+            "RunTask",
+            json!({"cluster": "bench", "taskDefinition": "bench"}),
+        )
+        .await?;
+        let task_arn = v["tasks"][0]["taskArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if task_arn.is_empty() {
             bail!("RunTask failed: {v}");
         }
@@ -229,7 +281,10 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
             let rec = running.node.reader.task("bench", &id).ok().flatten();
             match rec.as_ref().and_then(|r| r.task.last_status.as_deref()) {
                 Some("RUNNING") => break,
-                Some("STOPPED") => bail!("task {id} stopped: {:?}", rec.and_then(|r| r.task.stopped_reason)),
+                Some("STOPPED") => bail!(
+                    "task {id} stopped: {:?}",
+                    rec.and_then(|r| r.task.stopped_reason)
+                ),
                 _ => {}
             }
             if t0.elapsed() > Duration::from_secs(60) {
@@ -284,7 +339,12 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
 
     // Stop berth's tasks and wait until the agent has cleaned up.
     for a in &arns {
-        dispatch(&ctx, "StopTask", json!({"cluster": "bench", "task": a, "reason": "bench done"})).await?;
+        dispatch(
+            &ctx,
+            "StopTask",
+            json!({"cluster": "bench", "task": a, "reason": "bench done"}),
+        )
+        .await?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -292,7 +352,14 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
         let left = v["taskArns"].as_array().map(|a| a.len()).unwrap_or(0);
         let stopped = arns.iter().all(|a| {
             let id = a.rsplit('/').next().unwrap_or_default();
-            running.node.reader.task("bench", id).ok().flatten().and_then(|r| r.task.last_status) == Some("STOPPED".into())
+            running
+                .node
+                .reader
+                .task("bench", id)
+                .ok()
+                .flatten()
+                .and_then(|r| r.task.last_status)
+                == Some("STOPPED".into())
         });
         if left == 0 && stopped {
             break;
@@ -310,13 +377,34 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
 
     let (b50, b99, bmax) = summary(&mut berth_lat);
     let (c50, c99, cmax) = summary(&mut ctr_lat);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("berth bench tasks — {} tasks, cached image, network mode {}, {} CPU(s)", args.tasks, args.network_mode, cpus);
-    println!("  {:<34} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
-    println!("  {:<34} {:>9.1} {:>9.1} {:>9.1}", "berth RunTask -> RUNNING", b50, b99, bmax);
-    println!("  {:<34} {:>9.1} {:>9.1} {:>9.1}", "ctr run -d (no CNI)", c50, c99, cmax);
-    println!("  ratio berth/ctr: p50 {:.2}x, p99 {:.2}x", b50 / c50.max(0.001), b99 / c99.max(0.001));
-    println!("  agent RSS: idle {rss_idle:.1} MiB, with {} tasks running {rss_busy:.1} MiB", args.tasks);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "berth bench tasks — {} tasks, cached image, network mode {}, {} CPU(s)",
+        args.tasks, args.network_mode, cpus
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>9}",
+        "", "p50 ms", "p99 ms", "max ms"
+    );
+    println!(
+        "  {:<34} {:>9.1} {:>9.1} {:>9.1}",
+        "berth RunTask -> RUNNING", b50, b99, bmax
+    );
+    println!(
+        "  {:<34} {:>9.1} {:>9.1} {:>9.1}",
+        "ctr run -d (no CNI)", c50, c99, cmax
+    );
+    println!(
+        "  ratio berth/ctr: p50 {:.2}x, p99 {:.2}x",
+        b50 / c50.max(0.001),
+        b99 / c99.max(0.001)
+    );
+    println!(
+        "  agent RSS: idle {rss_idle:.1} MiB, with {} tasks running {rss_busy:.1} MiB",
+        args.tasks
+    );
     if let Some(p) = args.json {
         std::fs::write(
             &p,

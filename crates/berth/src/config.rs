@@ -84,7 +84,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' has an unknown unit '{unit}' (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "'{s}' has an unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(std::time::Duration::from_secs_f64(secs))
 }

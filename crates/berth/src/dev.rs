@@ -150,7 +150,10 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
             reg.wait_for(|r| r.is_some()),
         )
         .await;
-        let arn = reg.borrow().clone().unwrap_or_else(|| "registering…".into());
+        let arn = reg
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "registering…".into());
         format!("  container instance: {arn}\n")
     };
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -357,11 +357,14 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         Some(t) => t.clone(),
         None => load_or_create_join_token(&cfg.data_dir)?,
     };
-    let mut agents =
-        berth_server::agent_service::AgentSettings::new(ArnContext::new(cfg.region.clone(), cfg.account_id.clone()));
+    let mut agents = berth_server::agent_service::AgentSettings::new(ArnContext::new(
+        cfg.region.clone(),
+        cfg.account_id.clone(),
+    ));
     agents.join_token = Some(join_token);
     agents.heartbeat_timeout = valid.agent_heartbeat_timeout;
-    agents.heartbeat_interval = (valid.agent_heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));
+    agents.heartbeat_interval =
+        (valid.agent_heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));
     ncfg.agents = agents;
     if !cfg.fsync {
         tracing::warn!("fsync is OFF: acknowledged writes can be lost on power failure");
