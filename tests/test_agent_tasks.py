@@ -473,3 +473,61 @@ def test_berth_logs_prints_and_follows_a_containers_output(env, image):
             proc.kill()
     env.stop(arn)
     env.wait(arn, "STOPPED", timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_berth_logs_through_the_cluster_from_any_machine(env, image):
+    """Without a local data dir `berth logs` asks the API (signed with the same credentials
+    and endpoint the AWS CLI uses); the server relays the read to the task's agent. With
+    several containers each line names its container; `-f` ends once the task stopped."""
+    marker = f"relay-{uuid.uuid4().hex[:8]}"
+    script = (f"trap 'exit 0' TERM; echo {marker}; i=0; "
+              f"while true; do echo beat-$i; i=$((i+1)); sleep 1 & wait; done")
+    td = env.register({"family": "relaylogs", "containerDefinitions": [
+        h.container_def("talker", image, command=["sh", "-c", script]),
+        h.container_def("quiet", image, essential=False,
+                        command=["sh", "-c", f"trap 'exit 0' TERM; echo quiet-{marker}; sleep 300 & wait"]),
+    ]})
+    arn = env.run_one(td)["taskArn"]
+    env.wait(arn, "RUNNING", timeout=60)
+    tid = h.task_id(arn)
+
+    def printed():
+        out = h.berth("logs", "--cluster", env.cluster, tid, node=env.node).stdout
+        return out if f"[talker] {marker}" in out and f"[quiet] quiet-{marker}" in out else None
+
+    h.wait_until(printed, 30, "`berth logs` through the API to print both containers' lines", interval=0.5)
+    one = h.berth("logs", "--cluster", env.cluster, "--container", "talker", "--tail", "1", tid,
+                  node=env.node).stdout
+    assert re.fullmatch(r"beat-\d+\n", one), one
+
+    proc = h.berth_popen("logs", "-f", "--cluster", env.cluster, "--container", "talker", tid,
+                         node=env.node)
+    try:
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+        seen: list[str] = []
+
+        def beats(n):
+            def enough():
+                while not lines.empty():
+                    seen.append(lines.get_nowait())
+                return sum(1 for s in seen if s.startswith("beat-")) >= n
+            return enough
+
+        h.wait_until(beats(3), 30, "`berth logs -f` to stream new lines", interval=0.2)
+        env.stop(arn, "done")
+        env.wait(arn, "STOPPED", timeout=60)
+        # The follower drains what is left and ends by itself.
+        assert proc.wait(timeout=15) == 0, proc.stderr.read()
+        # Each line exactly once, in order.
+        while not lines.empty():
+            seen.append(lines.get_nowait())
+        nums = [int(s.split("-")[1]) for s in seen if s.startswith("beat-")]
+        assert nums == list(range(nums[0], nums[0] + len(nums))), nums
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    bad = h.berth("logs", "--cluster", env.cluster, "0" * 32, node=env.node, expect_rc=None)
+    assert bad.returncode != 0 and "not found" in bad.stderr, bad.stderr

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod health;
 pub mod image;
 pub mod logdriver;
+pub mod logs;
 pub mod netns;
 pub mod network;
 pub mod ports;

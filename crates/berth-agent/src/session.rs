@@ -176,6 +176,16 @@ async fn one_session(
                         }
                     }
                     ServerMessage::Ack { task_arn, seq } => engine.ack(&task_arn, seq).await,
+                    ServerMessage::Logs(req) => {
+                        let tx = tx.clone();
+                        let dir = engine.cfg.data_dir.clone();
+                        tokio::spawn(async move {
+                            let resp = tokio::task::spawn_blocking(move || crate::logs::serve(&dir, &req)).await;
+                            if let Ok(resp) = resp {
+                                let _ = tx.send(frame(&AgentMessage::Logs(resp))).await;
+                            }
+                        });
+                    }
                     ServerMessage::Error { code, message } => {
                         let fatal = matches!(code.as_str(), "AccessDenied" | "UnsupportedVersion" | "BadMessage");
                         if fatal {

@@ -128,7 +128,11 @@ pub struct DesiredTask {
 pub enum AgentMessage {
     Hello(Box<Hello>),
     Heartbeat,
-    Report { reports: Vec<TaskReport> },
+    Report {
+        reports: Vec<TaskReport>,
+    },
+    /// The answer to a [`ServerMessage::Logs`].
+    Logs(LogsResponse),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,7 +157,52 @@ pub enum ServerMessage {
     /// Reports up to and including these per-task seqs are durable.
     #[serde(rename_all = "camelCase")]
     Ack { task_arn: String, seq: u64 },
+    /// Read a task's container output.
+    Logs(LogsRequest),
     /// The session is refused or ends (bad token, unknown cluster, deregistered instance).
     #[serde(rename_all = "camelCase")]
     Error { code: String, message: String },
+}
+
+/// Where a reader of a container's log stopped: the log file (by inode) and the offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LogCursor {
+    pub inode: u64,
+    pub offset: u64,
+}
+
+/// A read of a task's container output (`berth logs`), relayed by a server to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsRequest {
+    pub request_id: String,
+    pub task_id: String,
+    /// Only this container (default: all of the task's).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Continue after these positions (per container); absent: start from the beginning,
+    /// or from the last `tail` lines.
+    #[serde(default)]
+    pub cursors: std::collections::BTreeMap<String, LogCursor>,
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerLogs {
+    pub container: String,
+    pub data: String,
+    pub cursor: LogCursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsResponse {
+    pub request_id: String,
+    #[serde(default)]
+    pub logs: Vec<ContainerLogs>,
+    #[serde(default)]
+    pub error: Option<String>,
 }

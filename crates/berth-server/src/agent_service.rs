@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::agent::{
-    AgentMessage, DesiredTask, Hello, ServerMessage, TaskReport, AGENT_PROTOCOL_VERSION,
+    AgentMessage, DesiredTask, Hello, LogsRequest, LogsResponse, ServerMessage, TaskReport,
+    AGENT_PROTOCOL_VERSION,
 };
 use berth_model::{ArnContext, TaskRecord};
 use berth_proto::agent::agent_session_server::{AgentSession, AgentSessionServer};
@@ -48,6 +49,79 @@ impl AgentSettings {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
         }
+    }
+}
+
+/// The agent sessions this server holds, so requests for an agent (its logs) can reach it.
+#[derive(Default)]
+pub struct Hub {
+    sessions: std::sync::Mutex<
+        std::collections::HashMap<(String, String), (u64, mpsc::Sender<Result<Frame, Status>>)>,
+    >,
+    waiters: std::sync::Mutex<
+        std::collections::HashMap<String, tokio::sync::oneshot::Sender<LogsResponse>>,
+    >,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// How long a logs request waits for the agent.
+pub const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Hub {
+    fn register(
+        &self,
+        cluster: &str,
+        instance: &str,
+        tx: mpsc::Sender<Result<Frame, Status>>,
+    ) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert((cluster.to_string(), instance.to_string()), (id, tx));
+        id
+    }
+
+    fn unregister(&self, cluster: &str, instance: &str, id: u64) {
+        let mut s = self.sessions.lock().unwrap();
+        let key = (cluster.to_string(), instance.to_string());
+        if s.get(&key).map(|(i, _)| *i) == Some(id) {
+            s.remove(&key);
+        }
+    }
+
+    fn answer(&self, resp: LogsResponse) {
+        if let Some(tx) = self.waiters.lock().unwrap().remove(&resp.request_id) {
+            let _ = tx.send(resp);
+        }
+    }
+
+    /// Asks the agent of this instance, if its session is on this server (`None` if not).
+    pub async fn logs(
+        &self,
+        cluster: &str,
+        instance: &str,
+        req: LogsRequest,
+    ) -> Option<Result<LogsResponse, String>> {
+        let tx = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(&(cluster.to_string(), instance.to_string()))
+            .map(|(_, tx)| tx.clone())?;
+        let (wtx, wrx) = tokio::sync::oneshot::channel();
+        let rid = req.request_id.clone();
+        self.waiters.lock().unwrap().insert(rid.clone(), wtx);
+        if !send(&tx, &ServerMessage::Logs(req)).await {
+            self.waiters.lock().unwrap().remove(&rid);
+            return Some(Err("the agent's session just ended".into()));
+        }
+        let res = match tokio::time::timeout(LOGS_TIMEOUT, wrx).await {
+            Ok(Ok(r)) => Ok(r),
+            _ => Err(format!("the agent did not answer within {LOGS_TIMEOUT:?}")),
+        };
+        self.waiters.lock().unwrap().remove(&rid);
+        Some(res)
     }
 }
 
@@ -280,6 +354,7 @@ async fn run_session(
     }
 
     // 3. The session loop.
+    let hub_id = node.hub.register(&cluster, &instance_id, tx.clone());
     let mut watch = node.reader.subscribe();
     let mut refresh = tokio::time::interval(settings.heartbeat_interval);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,6 +416,7 @@ async fn run_session(
                             break Ok(());
                         }
                     }
+                    AgentMessage::Logs(resp) => node.hub.answer(resp),
                     AgentMessage::Hello(_) => break Err(err("BadMessage", "Hello sent twice")),
                 }
             }
@@ -421,6 +497,7 @@ async fn run_session(
         }
     };
     writer.abort();
+    node.hub.unregister(&cluster, &instance_id, hub_id);
     // agentConnected turns false through the leader's heartbeat deadline, not here: the agent
     // may already be connected to another server, and a late `false` would be wrong.
     tracing::info!(peer, cluster, instance_id, "agent disconnected");

@@ -66,6 +66,7 @@ pub async fn dispatch(ctx: &Ctx, op: &str, body: &[u8]) -> Result<Value, ApiErro
         "DeleteTaskDefinitions" => delete_task_definitions(ctx, parse(body)?).await,
         "TagResource" => tag_resource(ctx, parse(body)?).await,
         "UntagResource" => untag_resource(ctx, parse(body)?).await,
+        "GetTaskLogs" => crate::ecs_tasks::get_task_logs(ctx, parse(body)?).await,
         "ListTagsForResource" => list_tags_for_resource(ctx, parse(body)?).await,
         "DescribeContainerInstances" => {
             ecs_tasks::describe_container_instances(ctx, parse(body)?).await

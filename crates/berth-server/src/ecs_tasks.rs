@@ -1064,3 +1064,77 @@ pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value
     let arns: Vec<String> = items.into_iter().filter_map(|r| r.task.task_arn).collect();
     Ok(with_token(json!({ "taskArns": arns }), next))
 }
+
+// ---------------------------------------------------------------- logs (berth extension)
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct GetTaskLogsRequest {
+    cluster: Option<String>,
+    task: Option<String>,
+    container: Option<String>,
+    tail: Option<i64>,
+    next_token: Option<String>,
+}
+
+/// `GetTaskLogs` (not an ECS operation; `berth logs` uses it): a task's container output,
+/// read by its agent. Each answer carries a `nextToken` that continues exactly after it, so
+/// following is polling with the token (like CloudWatch Logs' GetLogEvents).
+pub(crate) async fn get_task_logs(ctx: &Ctx, req: GetTaskLogsRequest) -> Result<Value, ApiError> {
+    use base64::Engine as _;
+    let cluster = cluster_of(&req.cluster)?;
+    existing_cluster(ctx, &cluster, false)?;
+    let task = required(&req.task, "task")?;
+    let id = resolve_id(ctx, &cluster, task, IdKind::Task)
+        .map_err(|s| ApiError::invalid(format!("The referenced task {s} was not found.")))?;
+    let rec = ctx
+        .node
+        .reader
+        .task(&cluster, &id)
+        .map_err(store_err)?
+        .ok_or_else(|| ApiError::invalid(format!("The referenced task {task} was not found.")))?;
+    let cursors = match req.next_token.as_deref().filter(|t| !t.is_empty()) {
+        None => Default::default(),
+        Some(t) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::invalid(format!("Invalid nextToken {t:?}.")))?,
+    };
+    let tail = match req.tail {
+        None => None,
+        Some(n) if n >= 0 => Some(n as usize),
+        Some(n) => {
+            return Err(ApiError::invalid(format!(
+                "tail must be 0 or more, not {n}."
+            )))
+        }
+    };
+    let lreq = berth_model::agent::LogsRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        task_id: id.clone(),
+        container: req.container.clone(),
+        cursors,
+        tail,
+    };
+    let resp = ctx
+        .node
+        .agent_logs(&cluster, &rec.instance_id, lreq)
+        .await
+        .map_err(|e| ApiError::client(format!("Cannot read the logs of task {id}: {e}.")))?;
+    if let Some(e) = resp.error {
+        return Err(ApiError::invalid(format!("{e}.")));
+    }
+    let cursors: std::collections::BTreeMap<String, berth_model::agent::LogCursor> = resp
+        .logs
+        .iter()
+        .map(|l| (l.container.clone(), l.cursor))
+        .collect();
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&cursors).unwrap_or_default());
+    Ok(serde_json::json!({
+        "logs": resp.logs.iter().map(|l| serde_json::json!({"container": l.container, "data": l.data})).collect::<Vec<_>>(),
+        "lastStatus": rec.task.last_status,
+        "nextToken": token,
+    }))
+}

@@ -89,6 +89,8 @@ pub struct ServerNode {
     leader_wait: Duration,
     writes: mpsc::Sender<PendingWrite>,
     pub agent_settings: crate::agent_service::AgentSettings,
+    /// The agent sessions held by this server.
+    pub hub: crate::agent_service::Hub,
 }
 
 fn server_err(e: impl std::fmt::Display) -> ApiError {
@@ -156,6 +158,7 @@ impl ServerNode {
             leader_wait: cfg.leader_wait,
             writes,
             agent_settings: cfg.agents.clone(),
+            hub: Default::default(),
         });
         tokio::spawn(batcher(Arc::downgrade(&node), writes_rx));
 
@@ -462,6 +465,47 @@ impl ServerNode {
         Ok(())
     }
 
+    /// A task's container output from its agent, wherever its session is: here, or on
+    /// another server (asked in turn).
+    pub async fn agent_logs(
+        &self,
+        cluster: &str,
+        instance: &str,
+        req: berth_model::agent::LogsRequest,
+    ) -> Result<berth_model::agent::LogsResponse, String> {
+        if let Some(r) = self.hub.logs(cluster, instance, req.clone()).await {
+            return r;
+        }
+        let payload = serde_json::to_vec(&(cluster, instance, &req)).map_err(|e| e.to_string())?;
+        for addr in self.member_addrs().into_iter().skip(1) {
+            let Ok(mut client) = self.channels.cluster(&addr) else {
+                continue;
+            };
+            let call = client.agent_logs(Payload {
+                data: payload.clone(),
+            });
+            let Ok(Ok(reply)) = tokio::time::timeout(
+                crate::agent_service::LOGS_TIMEOUT + Duration::from_secs(1),
+                call,
+            )
+            .await
+            else {
+                continue;
+            };
+            let reply = reply.into_inner();
+            if reply.error == "no session" {
+                continue;
+            }
+            if !reply.error.is_empty() {
+                return Err(reply.error);
+            }
+            return serde_json::from_slice(&reply.data).map_err(|e| e.to_string());
+        }
+        Err(format!(
+            "the agent of container instance {instance} is not connected to any server"
+        ))
+    }
+
     /// Cluster addresses of every member, this one first.
     pub fn member_addrs(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().clone();
@@ -637,6 +681,25 @@ impl Cluster for GrpcService {
                 Ok(self.not_leader("not the leader"))
             }
             Err(e) => Err(tonic::Status::internal(e.to_string())),
+        }
+    }
+
+    async fn agent_logs(
+        &self,
+        req: tonic::Request<Payload>,
+    ) -> Result<tonic::Response<Reply>, tonic::Status> {
+        let (cluster, instance, lreq): (String, String, berth_model::agent::LogsRequest) =
+            decode(req.get_ref())?;
+        match self.node.hub.logs(&cluster, &instance, lreq).await {
+            None => Ok(tonic::Response::new(Reply {
+                error: "no session".into(),
+                ..Default::default()
+            })),
+            Some(Ok(r)) => reply_json(&r),
+            Some(Err(e)) => Ok(tonic::Response::new(Reply {
+                error: e,
+                ..Default::default()
+            })),
         }
     }
 

@@ -318,9 +318,88 @@ pub struct LogsArgs {
     /// Only the last N lines of each container.
     #[arg(long)]
     pub tail: Option<usize>,
-    /// The agent's data dir (default: /var/lib/berth-agent, or berth dev's).
+    /// Read the files of the agent with this data dir on this machine instead of asking
+    /// the cluster.
     #[arg(long, env = "BERTH_AGENT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The task's cluster.
+    #[arg(long, env = "BERTH_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// AWS CLI profile with the endpoint and credentials (default: $AWS_PROFILE, else
+    /// `berth`, else `default`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// The API endpoint (default: $AWS_ENDPOINT_URL_ECS, $AWS_ENDPOINT_URL, the profile's
+    /// endpoint_url, else http://127.0.0.1:7700).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+/// `berth logs` through the cluster: the server relays reads to the task's agent; `-f`
+/// polls with the continuation token until the task has stopped and its output is drained.
+pub async fn logs_via_api(args: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client =
+        crate::client::Client::from_env(args.profile.as_deref(), args.endpoint_url.as_deref())?;
+    let mut token: Option<String> = None;
+    let mut many: Option<bool> = None;
+    let mut partial: std::collections::HashMap<String, String> = Default::default();
+    loop {
+        let mut body = serde_json::json!({"cluster": args.cluster, "task": args.task});
+        if let Some(c) = &args.container {
+            body["container"] = c.clone().into();
+        }
+        match &token {
+            Some(t) => body["nextToken"] = t.clone().into(),
+            None => {
+                if let Some(n) = args.tail {
+                    body["tail"] = n.into();
+                }
+            }
+        }
+        let v = client.call("GetTaskLogs", &body).await?;
+        let logs = v["logs"].as_array().cloned().unwrap_or_default();
+        let prefix = *many.get_or_insert(logs.len() > 1);
+        let mut got = false;
+        let mut out = std::io::stdout().lock();
+        for l in &logs {
+            let name = l["container"].as_str().unwrap_or_default().to_string();
+            let data = l["data"].as_str().unwrap_or_default();
+            if data.is_empty() {
+                continue;
+            }
+            got = true;
+            if !prefix {
+                out.write_all(data.as_bytes())?;
+                continue;
+            }
+            // Whole lines only, each with its container's name.
+            let buf = partial.entry(name.clone()).or_default();
+            buf.push_str(data);
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                write!(out, "[{name}] {line}")?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        token = v["nextToken"].as_str().map(str::to_string);
+        if !args.follow {
+            break;
+        }
+        if !got && v["lastStatus"].as_str() == Some("STOPPED") {
+            break;
+        }
+        if !got {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    for (name, rest) in partial {
+        if !rest.is_empty() {
+            println!("[{name}] {rest}");
+        }
+    }
+    Ok(())
 }
 
 fn default_log_dirs() -> Vec<PathBuf> {

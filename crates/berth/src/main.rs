@@ -5,6 +5,7 @@ mod agentcmd;
 mod awsprofile;
 mod bench;
 mod bench_tasks;
+mod client;
 mod config;
 mod dev;
 
@@ -184,7 +185,12 @@ fn main() -> std::process::ExitCode {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
             return std::process::ExitCode::SUCCESS;
         }
-        Cmd::Logs(args) => {
+        Cmd::Logs(args)
+            if args
+                .data_dir
+                .as_ref()
+                .is_some_and(|d| !d.as_os_str().is_empty()) =>
+        {
             return match agentcmd::logs(args) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
@@ -246,6 +252,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Dev(args) => dev::run(args, started).await,
             Cmd::Bench { what } => bench::run(what).await,
             Cmd::Agent(args) => agentcmd::run(args).await,
+            Cmd::Logs(args) => agentcmd::logs_via_api(args).await,
             Cmd::Image {
                 what: ImageCmd::Import(args),
             } => agentcmd::import(args).await,
