@@ -52,12 +52,13 @@ impl AgentSettings {
     }
 }
 
+/// A session: its number (to unregister only itself) and its outbound stream.
+type SessionEntry = (u64, mpsc::Sender<Result<Frame, Status>>);
+
 /// The agent sessions this server holds, so requests for an agent (its logs) can reach it.
 #[derive(Default)]
 pub struct Hub {
-    sessions: std::sync::Mutex<
-        std::collections::HashMap<(String, String), (u64, mpsc::Sender<Result<Frame, Status>>)>,
-    >,
+    sessions: std::sync::Mutex<std::collections::HashMap<(String, String), SessionEntry>>,
     waiters: std::sync::Mutex<
         std::collections::HashMap<String, tokio::sync::oneshot::Sender<LogsResponse>>,
     >,
