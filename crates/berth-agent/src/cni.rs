@@ -98,6 +98,9 @@ pub struct Cni {
     cfg: CniConfig,
     version: OnceCell<String>,
     host_ready: OnceCell<()>,
+    /// Namespaces created by `prepare` in this process and not yet set up: fresh, so
+    /// `setup` needs no cleanup of an interrupted ADD in them.
+    prepared: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn other(what: impl std::fmt::Display) -> NetworkError {
@@ -194,6 +197,7 @@ impl Cni {
             cfg,
             version: OnceCell::new(),
             host_ready: OnceCell::new(),
+            prepared: Default::default(),
         }
     }
 
@@ -538,6 +542,30 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[async_trait]
 impl Network for Cni {
+    async fn prepare(
+        &self,
+        task_id: &str,
+        mode: NetworkMode,
+    ) -> Result<Option<PathBuf>, NetworkError> {
+        check_task_id(task_id)?;
+        if mode == NetworkMode::Host {
+            return Ok(None);
+        }
+        let ns = self.netns_path(task_id);
+        if self.read_cache(task_id).is_some() || netns::is_netns(&ns) {
+            // Set up before (or being recovered): `setup` sorts it out in place.
+            return Ok(Some(ns));
+        }
+        let dir = self.cfg.netns_dir.clone();
+        let name = format!("{NETNS_PREFIX}{task_id}");
+        tokio::task::spawn_blocking(move || netns::create(&dir, &name))
+            .await
+            .map_err(ns_err)?
+            .map_err(|e| ns_err(format!("creating namespace for task {task_id}: {e}")))?;
+        self.prepared.lock().unwrap().insert(task_id.to_string());
+        Ok(Some(ns))
+    }
+
     async fn setup(
         &self,
         task_id: &str,
@@ -565,16 +593,16 @@ impl Network for Cni {
             let net = cached.network.clone();
             self.teardown(task_id, &net).await?;
         } else if netns::is_netns(&ns) {
-            // A namespace without a cached result: the agent stopped between creating it
-            // and caching the result. Undo whatever ADD may have done, then start afresh.
-            let stale = TaskNetwork {
-                mode,
-                netns: Some(ns.clone()),
-                ipv4: None,
-                gateway: None,
-                forwards: forwards.to_vec(),
-            };
-            self.teardown(task_id, &stale).await?;
+            let fresh = self.prepared.lock().unwrap().remove(task_id);
+            if !fresh {
+                // A namespace without a cached result: the agent stopped between creating
+                // it and caching the result. Undo whatever ADD may have done; keep the
+                // namespace itself, containers may already have been created in it.
+                let version = self.cni_version().await?;
+                let _ = self
+                    .del_chain(task_id, &ns, mode, forwards, &version, None)
+                    .await;
+            }
         }
         let dir = self.cfg.netns_dir.clone();
         let name = format!("{NETNS_PREFIX}{task_id}");

@@ -84,6 +84,17 @@ pub trait Network: Send + Sync + 'static {
         forwards: &[PortForward],
     ) -> Result<TaskNetwork, NetworkError>;
 
+    /// Create the task's namespace ahead of `setup` (so containers can be created in it
+    /// while the CNI plugins run) and return its path; `None` for host mode. `setup` then
+    /// wires this same namespace. The default creates nothing.
+    async fn prepare(
+        &self,
+        _task_id: &str,
+        _mode: NetworkMode,
+    ) -> Result<Option<PathBuf>, NetworkError> {
+        Ok(None)
+    }
+
     /// Undo `setup`: CNI DEL (releases the address and port mappings) and remove the
     /// namespace. Idempotent; tolerates half-set-up and already-removed state.
     async fn teardown(&self, task_id: &str, net: &TaskNetwork) -> Result<(), NetworkError>;
