@@ -37,8 +37,10 @@ class DevProcess:
 
     node_id = "dev"
 
-    def __init__(self, home: Path, workdir: Path, same_as: "DevProcess | None" = None):
+    def __init__(self, home: Path, workdir: Path, same_as: "DevProcess | None" = None,
+                 extra_args: "list[str] | None" = None):
         self.home = home
+        self.extra_args = list(extra_args or [])
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.log_path = workdir / "berth-dev.log"
@@ -56,7 +58,8 @@ class DevProcess:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [str(BERTH_BIN), "dev", "--data-dir", str(self.data_dir),
-             "--api-addr", f"127.0.0.1:{self.api_port}", "--raft-addr", f"127.0.0.1:{self.raft_port}"],
+             "--api-addr", f"127.0.0.1:{self.api_port}", "--raft-addr", f"127.0.0.1:{self.raft_port}",
+             *self.extra_args],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
         fh.close()
 
@@ -141,8 +144,8 @@ def dev_env():
     (home / ".aws" / "credentials").write_text(CREDENTIALS)
     procs: list[DevProcess] = []
 
-    def make(same_as: DevProcess | None = None) -> DevProcess:
-        p = DevProcess(home, workdir, same_as)
+    def make(same_as: DevProcess | None = None, extra_args: list[str] | None = None) -> DevProcess:
+        p = DevProcess(home, workdir, same_as, extra_args)
         procs.append(p)
         return p
 
@@ -201,3 +204,64 @@ def test_dev_writes_profile_and_serves_default_cluster(dev_env):
     res = aws("--profile", "berth", "ecs", "list-clusters", env=env)
     assert cluster_arn("default") in res.json["clusterArns"]
     assert os.environ.get("HOME") != str(home)
+
+
+@pytest.mark.timeout(180)
+def test_dev_runs_containers_out_of_the_box(dev_env, containerd):
+    """The README's first command gives a one-machine cluster that runs real containers:
+    `berth dev`'s built-in agent is the `default` cluster's container instance, and a user
+    with nothing but the `berth` profile runs a task, reaches it and reads its logs."""
+    import json as _json
+    import re as _re
+    import urllib.request
+
+    import berth_harness as h
+    import images
+
+    home, make = dev_env
+    ns = f"{h.SESSION_NS}-dev"
+    dev = make(extra_args=["--namespace", ns, "--cni-bridge", "berthdev0", "--cni-subnet", "10.98.9.0/24"])
+    try:
+        dev.start()
+        env = user_env(home)
+        archive = Path(dev.workdir) / "web.tar"
+        images.build_oci_archive(archive, name="localhost/devweb:1")
+        out = subprocess.run([str(BERTH_BIN), "image", "import", "--namespace", ns, str(archive)],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0 and "localhost/devweb:1" in out.stdout, out.stderr
+
+        def instance():
+            arns = aws("ecs", "list-container-instances", "--profile", "berth", env=env).json
+            return arns["containerInstanceArns"] or None
+
+        wait_until(instance, 30, "the built-in agent to be the default cluster's container instance")
+        td = {"family": "devweb", "containerDefinitions": [{
+            "name": "web", "image": "localhost/devweb:1", "memory": 32, "stopTimeout": 2,
+            "environment": [{"name": "PORT", "value": "80"}],
+            "portMappings": [{"containerPort": 80, "hostPort": 0}]}]}
+        tdfile = Path(dev.workdir) / "td.json"
+        tdfile.write_text(_json.dumps(td))
+        aws("ecs", "register-task-definition", "--profile", "berth", "--cli-input-json", f"file://{tdfile}", env=env)
+        arn = aws("ecs", "run-task", "--profile", "berth", "--task-definition", "devweb", env=env).json["tasks"][0]["taskArn"]
+
+        def running():
+            t = aws("ecs", "describe-tasks", "--profile", "berth", "--tasks", arn, env=env).json["tasks"][0]
+            if t["lastStatus"] == "STOPPED":
+                raise AssertionError(f"task stopped: {t.get('stoppedReason')}")
+            return t if t["lastStatus"] == "RUNNING" else None
+
+        task = wait_until(running, 60, "the task to be RUNNING")
+        port = task["containers"][0]["networkBindings"][0]["hostPort"]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert images.page_names(body, arn.rsplit("/", 1)[1], "web"), body
+        # `berth logs` with nothing but the profile `berth dev` wrote.
+        logs = subprocess.run([str(BERTH_BIN), "logs", arn.rsplit("/", 1)[1]], capture_output=True, text=True,
+                              env=env, timeout=30)
+        assert logs.returncode == 0, logs.stderr
+        aws("ecs", "stop-task", "--profile", "berth", "--task", arn, env=env)
+        wait_until(lambda: aws("ecs", "describe-tasks", "--profile", "berth", "--tasks", arn,
+                               env=env).json["tasks"][0]["lastStatus"] == "STOPPED", 60, "the task to stop")
+        assert not _re.search(r"\bERROR\b", dev.log_text()), tail(dev.log_text())
+    finally:
+        dev.stop()
+        h.cleanup_containerd_namespace(ns)
