@@ -402,16 +402,7 @@ pub async fn logs_via_api(args: LogsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn default_log_dirs() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from("/var/lib/berth-agent")];
-    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        v.push(PathBuf::from(h).join(".berth/dev/agent"));
-    }
-    v.push(PathBuf::from(".berth/agent"));
-    v
-}
-
-/// Prints a task's container output from this machine's agent.
+/// Prints a task's container output from an agent's data dir on this machine.
 pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let id = args
         .task
@@ -419,20 +410,14 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<()> {
         .next()
         .unwrap_or(&args.task)
         .to_string();
-    let dirs = match &args.data_dir {
-        Some(d) => vec![d.clone()],
-        None => default_log_dirs(),
-    };
-    let Some(dir) = dirs
-        .iter()
-        .map(|d| d.join("logs").join(&id))
-        .find(|d| d.is_dir())
-    else {
+    let data_dir = args.data_dir.clone().unwrap_or_default();
+    let dir = data_dir.join("logs").join(&id);
+    if !dir.is_dir() {
         anyhow::bail!(
-            "no logs of task {id} on this machine (looked in {}): run `berth logs` on the machine that runs the task (describe-tasks shows its containerInstanceArn), or pass --data-dir",
-            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            "no logs of task {id} under {}: is this the data dir of the agent that runs it? (without --data-dir, `berth logs` asks the cluster)",
+            data_dir.display()
         );
-    };
+    }
     let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
