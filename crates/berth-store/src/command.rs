@@ -805,18 +805,18 @@ fn check_tag_target<R: KvRead + ?Sized>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use berth_model::{validate_register, RegisterTaskDefinitionRequest};
 
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+    pub(crate) type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
-    fn ctx() -> ArnContext {
+    pub(crate) fn ctx() -> ArnContext {
         ArnContext::new("us-east-1", "123456789012")
     }
 
     /// Applies like the state machine does: commit staged writes only on success.
-    fn run(state: &mut Map, cmd: Command) -> Response {
+    pub(crate) fn run(state: &mut Map, cmd: Command) -> Response {
         let (resp, writes) = {
             let mut st = Staged::new(&*state);
             let resp = apply(&mut st, &cmd).unwrap();

@@ -1044,32 +1044,11 @@ pub(crate) fn delete_cluster_precondition<R: KvRead + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{apply, Command};
+    use crate::command::Command;
     use berth_model::agent::{ContainerReport, InstanceResources};
     use berth_model::{Container, NetworkBinding, Tag};
 
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-    fn ctx() -> ArnContext {
-        ArnContext::new("us-east-1", "123456789012")
-    }
-
-    fn run(state: &mut Map, cmd: Command) -> Response {
-        let (resp, writes) = {
-            let mut st = Staged::new(&*state);
-            let resp = apply(&mut st, &cmd).unwrap();
-            (resp, st.writes)
-        };
-        if !matches!(resp, Response::Error { .. }) {
-            for (k, v) in writes {
-                match v {
-                    Some(v) => state.insert(k, v),
-                    None => state.remove(&k),
-                };
-            }
-        }
-        resp
-    }
+    use crate::command::tests::{ctx, run, Map};
 
     fn error_of(r: &Response) -> &ApiError {
         match r {
