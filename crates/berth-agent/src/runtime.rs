@@ -100,7 +100,7 @@ pub struct Ulimit {
 }
 
 /// Everything needed to create one container, already resolved from the container
-/// definition, the task's overrides and the image config. Built by `spec::container_spec`.
+/// definition, the task's overrides and the image config. Built by `taskspec::container_spec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     /// containerd container id (`berth-<task id>-<name>`).

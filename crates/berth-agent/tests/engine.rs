@@ -378,9 +378,9 @@ async fn stop_escalates_to_sigkill_after_stop_timeout() {
     assert_eq!(t.containers["web"].exit_code, Some(128 + libc::SIGKILL));
 }
 
-#[tokio::test]
-async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
-    let s = setup().await;
+/// A task whose `web` waits for `init` (non-essential) to exit 0; returns once `init`
+/// has been started.
+async fn start_init_then_web(s: &Setup) {
     let mut init = cdef("init");
     init.essential = Some(false);
     let mut web = cdef("web");
@@ -393,9 +393,15 @@ async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while s.rt.calls("start").is_empty() {
-        assert!(Instant::now() < deadline);
+        assert!(Instant::now() < deadline, "init never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
+    let s = setup().await;
+    start_init_then_web(&s).await;
     assert_eq!(s.rt.calls("start"), [format!("start {}", cid("init"))]);
     s.rt.exit(&cid("init"), 0, false);
     wait_status(&s.engine, "RUNNING").await;
@@ -403,21 +409,7 @@ async fn depends_on_success_orders_starts_and_failure_stops_the_task() {
 
     // A failed SUCCESS dependency: the task fails to start.
     let s = setup().await;
-    let mut init = cdef("init");
-    init.essential = Some(false);
-    let mut web = cdef("web");
-    web.depends_on = Some(vec![ContainerDependency {
-        container_name: "init".into(),
-        condition: "SUCCESS".into(),
-    }]);
-    s.engine
-        .apply_desired(true, vec![desired(vec![init, web])])
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while s.rt.calls("start").is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    start_init_then_web(&s).await;
     s.rt.exit(&cid("init"), 2, false);
     let t = wait_status(&s.engine, "STOPPED").await;
     assert_eq!(t.stop_code.as_deref(), Some("TaskFailedToStart"));

@@ -17,7 +17,7 @@ use berth_model::ArnContext;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::bench::percentile;
+use crate::bench::{free_ports, ms, percentile, rss_mib};
 
 #[derive(Args, Debug, Clone)]
 pub struct TasksBenchArgs {
@@ -109,23 +109,6 @@ pub fn busybox_archive(busybox: &Path, out: &Path, name: &str) -> anyhow::Result
     Ok(())
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn summary(v: &mut [Duration]) -> (f64, f64, f64) {
     v.sort();
     (
@@ -175,7 +158,8 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
     }
 
     // One server in this process.
-    let (api_port, raft_port) = (free_port()?, free_port()?);
+    let ports = free_ports(2)?;
+    let (api_port, raft_port) = (ports[0], ports[1]);
     let token = "bench-join-token-0123456789";
     let cfg = crate::config::ServerConfig {
         data_dir: dir.path().join("server"),
