@@ -7,6 +7,7 @@ pub mod arn;
 pub mod cql;
 pub mod error;
 pub mod paging;
+pub mod service;
 pub mod task;
 pub mod taskdef;
 pub mod types;
@@ -20,6 +21,7 @@ pub use taskdef::{
     normalize_cpu, normalize_memory, parse_task_definition_ref, validate_register, TaskDefRef,
     TaskDefinitionSpec,
 };
+pub use service::*;
 pub use types::*;
 pub use validate::{
     is_valid_name, merge_tags, remove_tags, validate_cluster_name, validate_container_name,

@@ -1,6 +1,8 @@
 //! Tasks and container instances in ECS wire form (`Task`, `Container`, `ContainerInstance`,
 //! `Resource`, …) and the task lifecycle.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Attribute, KeyValuePair, ResourceRequirement, Tag};
@@ -427,6 +429,65 @@ impl ContainerInstanceRecord {
 
     pub fn agent_connected(&self) -> bool {
         self.instance.agent_connected.unwrap_or(false)
+    }
+}
+
+/// What an instance has left once the tasks holding resources on it are subtracted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Remaining {
+    pub cpu: i64,
+    pub memory: i64,
+    /// Ports in use: reserved at registration plus static host ports of tasks.
+    pub ports: BTreeSet<u16>,
+    pub ports_udp: BTreeSet<u16>,
+}
+
+impl Remaining {
+    pub fn of(instance: &ContainerInstance, tasks: &[TaskRecord]) -> Remaining {
+        let mut r = Remaining {
+            cpu: instance.registered_integer("CPU"),
+            memory: instance.registered_integer("MEMORY"),
+            ports: instance.registered_ports("PORTS").into_iter().collect(),
+            ports_udp: instance.registered_ports("PORTS_UDP").into_iter().collect(),
+        };
+        for t in tasks.iter().filter(|t| t.task.holds_resources()) {
+            r.take(&t.reserved);
+        }
+        r
+    }
+
+    pub fn take(&mut self, need: &Reservation) {
+        self.cpu -= need.cpu;
+        self.memory -= need.memory;
+        self.ports.extend(need.ports.iter().copied());
+        self.ports_udp.extend(need.ports_udp.iter().copied());
+    }
+
+    /// Why `need` does not fit (`RESOURCE:CPU`, `RESOURCE:MEMORY`, `RESOURCE:PORTS`,
+    /// `RESOURCE:PORTS_UDP`), or `None` when it does.
+    pub fn misfit(&self, need: &Reservation) -> Option<&'static str> {
+        if need.cpu > self.cpu {
+            Some("RESOURCE:CPU")
+        } else if need.memory > self.memory {
+            Some("RESOURCE:MEMORY")
+        } else if need.ports.iter().any(|p| self.ports.contains(p)) {
+            Some("RESOURCE:PORTS")
+        } else if need.ports_udp.iter().any(|p| self.ports_udp.contains(p)) {
+            Some("RESOURCE:PORTS_UDP")
+        } else {
+            None
+        }
+    }
+
+    pub fn resources(&self) -> Vec<Resource> {
+        let ports: Vec<u16> = self.ports.iter().copied().collect();
+        let udp: Vec<u16> = self.ports_udp.iter().copied().collect();
+        vec![
+            Resource::integer("CPU", self.cpu),
+            Resource::integer("MEMORY", self.memory),
+            Resource::ports("PORTS", &ports),
+            Resource::ports("PORTS_UDP", &udp),
+        ]
     }
 }
 

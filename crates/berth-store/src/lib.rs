@@ -27,7 +27,8 @@ pub use command::{
 pub use keys::TaskIndexKind;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
-pub use tasks::{ClusterCounts, Remaining};
+pub use berth_model::Remaining;
+pub use tasks::ClusterCounts;
 
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;

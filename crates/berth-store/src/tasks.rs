@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use berth_model::agent::{Hello, TaskReport};
 use berth_model::{
     task_id_from_arn, task_status_rank, ApiError, ArnContext, Attachment, Attribute, Cluster,
-    ContainerInstance, ContainerInstanceRecord, ErrorKind, Failure, KeyValuePair, Reservation,
+    ContainerInstance, ContainerInstanceRecord, ErrorKind, Failure, KeyValuePair, Remaining,
     Resource, Task, TaskRecord, VersionInfo,
 };
 use serde::{Deserialize, Serialize};
@@ -131,65 +131,6 @@ pub fn instances_of_cluster<R: KvRead + ?Sized>(
     cluster: &str,
 ) -> Result<Vec<ContainerInstanceRecord>, StoreError> {
     scan_json(kv, &keys::instance_prefix(cluster))
-}
-
-/// What an instance has left once the tasks holding resources on it are subtracted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Remaining {
-    pub cpu: i64,
-    pub memory: i64,
-    /// Ports in use: reserved at registration plus static host ports of tasks.
-    pub ports: BTreeSet<u16>,
-    pub ports_udp: BTreeSet<u16>,
-}
-
-impl Remaining {
-    pub fn of(instance: &ContainerInstance, tasks: &[TaskRecord]) -> Remaining {
-        let mut r = Remaining {
-            cpu: instance.registered_integer("CPU"),
-            memory: instance.registered_integer("MEMORY"),
-            ports: instance.registered_ports("PORTS").into_iter().collect(),
-            ports_udp: instance.registered_ports("PORTS_UDP").into_iter().collect(),
-        };
-        for t in tasks.iter().filter(|t| t.task.holds_resources()) {
-            r.take(&t.reserved);
-        }
-        r
-    }
-
-    pub fn take(&mut self, need: &Reservation) {
-        self.cpu -= need.cpu;
-        self.memory -= need.memory;
-        self.ports.extend(need.ports.iter().copied());
-        self.ports_udp.extend(need.ports_udp.iter().copied());
-    }
-
-    /// Why `need` does not fit (`RESOURCE:CPU`, `RESOURCE:MEMORY`, `RESOURCE:PORTS`,
-    /// `RESOURCE:PORTS_UDP`), or `None` when it does.
-    pub fn misfit(&self, need: &Reservation) -> Option<&'static str> {
-        if need.cpu > self.cpu {
-            Some("RESOURCE:CPU")
-        } else if need.memory > self.memory {
-            Some("RESOURCE:MEMORY")
-        } else if need.ports.iter().any(|p| self.ports.contains(p)) {
-            Some("RESOURCE:PORTS")
-        } else if need.ports_udp.iter().any(|p| self.ports_udp.contains(p)) {
-            Some("RESOURCE:PORTS_UDP")
-        } else {
-            None
-        }
-    }
-
-    pub fn resources(&self) -> Vec<Resource> {
-        let ports: Vec<u16> = self.ports.iter().copied().collect();
-        let udp: Vec<u16> = self.ports_udp.iter().copied().collect();
-        vec![
-            Resource::integer("CPU", self.cpu),
-            Resource::integer("MEMORY", self.memory),
-            Resource::ports("PORTS", &ports),
-            Resource::ports("PORTS_UDP", &udp),
-        ]
-    }
 }
 
 /// Fills in the computed members of an instance: `remainingResources`,
