@@ -650,7 +650,7 @@ fn new_id() -> String {
 
 /// Containers of a new task: ARN, name, image and their cpu/memory as strings.
 fn containers_of(
-    ctx: &Ctx,
+    arn: &berth_model::ArnContext,
     cluster: &str,
     task_id: &str,
     td: &TaskDefinition,
@@ -666,7 +666,7 @@ fn containers_of(
                 .find(|o| o.name.is_some() && o.name == c.name);
             let cpu = o.and_then(|o| o.cpu).or(c.cpu).unwrap_or(0);
             Container {
-                container_arn: Some(ctx.cfg.ctx.container(
+                container_arn: Some(arn.container(
                     cluster,
                     task_id,
                     &uuid::Uuid::new_v4().to_string(),
@@ -754,27 +754,56 @@ fn prepare(ctx: &Ctx, req: &RunTaskRequest, started_by_max: usize) -> Result<Pre
 }
 
 fn new_task(ctx: &Ctx, p: &Prepared, req: &RunTaskRequest, instance_id: &str) -> NewTask {
+    build_new_task(
+        &ctx.cfg.ctx,
+        &p.cluster,
+        &p.td,
+        &p.overrides,
+        &p.group,
+        req.started_by.clone(),
+        p.tags.clone(),
+        &p.launch_type,
+        instance_id,
+        req.enable_execute_command.unwrap_or(false),
+    )
+}
+
+/// A new task of `td` (with `overrides`) on `instance_id`, with fresh ids: what RunTask,
+/// StartTask and the service controller propose.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_new_task(
+    arn: &berth_model::ArnContext,
+    cluster: &str,
+    td: &TaskDefinition,
+    overrides: &TaskOverride,
+    group: &str,
+    started_by: Option<String>,
+    tags: Vec<Tag>,
+    launch_type: &str,
+    instance_id: &str,
+    enable_execute_command: bool,
+) -> NewTask {
     let task_id = new_id();
     NewTask {
-        containers: containers_of(ctx, &p.cluster, &task_id, &p.td, &p.overrides),
+        containers: containers_of(arn, cluster, &task_id, td, overrides),
         task_id,
-        task_definition_arn: p.td.task_definition_arn.clone().unwrap_or_default(),
-        family: p.td.family.clone(),
-        revision: p.td.revision,
+        task_definition_arn: td.task_definition_arn.clone().unwrap_or_default(),
+        family: td.family.clone(),
+        revision: td.revision,
         instance_id: instance_id.to_string(),
-        group: p.group.clone(),
-        started_by: req.started_by.clone(),
+        group: group.to_string(),
+        started_by,
         overrides: TaskOverride {
-            container_overrides: Some(p.overrides.container_overrides.clone().unwrap_or_default()),
-            ..p.overrides.clone()
+            container_overrides: Some(overrides.container_overrides.clone().unwrap_or_default()),
+            ..overrides.clone()
         },
-        tags: p.tags.clone(),
-        cpu: p.overrides.cpu.clone().or_else(|| p.td.cpu.clone()),
-        memory: p.overrides.memory.clone().or_else(|| p.td.memory.clone()),
-        reservation: placement::reservation(&p.td, &p.overrides),
-        network_mode: p.td.network_mode.clone(),
-        launch_type: p.launch_type.clone(),
-        enable_execute_command: req.enable_execute_command.unwrap_or(false),
+        tags,
+        cpu: overrides.cpu.clone().or_else(|| td.cpu.clone()),
+        memory: overrides.memory.clone().or_else(|| td.memory.clone()),
+        reservation: placement::reservation(td, overrides),
+        network_mode: td.network_mode.clone(),
+        launch_type: launch_type.to_string(),
+        enable_execute_command,
     }
 }
 
