@@ -651,7 +651,10 @@ fn tag_target(ctx: &Ctx, arn: &str) -> Result<(String, TagTarget), ApiError> {
         ResourceArn::TaskDefinition { family, revision } => {
             Ok((canonical, TagTarget::TaskDefinition { family, revision }))
         }
-        // Tasks, services and container instances arrive with later issues.
+        ResourceArn::Service { cluster, name } => {
+            Ok((canonical, TagTarget::Service { cluster, name }))
+        }
+        // Tasks and container instances arrive with later issues.
         _ => Err(not_found(arn)),
     }
 }
@@ -692,6 +695,12 @@ async fn list_tags_for_resource(ctx: &Ctx, req: TagRequest) -> Result<Value, Api
             .task_definition(family, *revision)
             .map_err(store_err)?
             .is_some_and(|td| td.status.as_deref() != Some("DELETE_IN_PROGRESS")),
+        TagTarget::Service { cluster, name } => ctx
+            .node
+            .reader
+            .service(cluster, name)
+            .map_err(store_err)?
+            .is_some_and(|s| s.service.status != "INACTIVE"),
     };
     if !exists {
         return Err(not_found(&given));

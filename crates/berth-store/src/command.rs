@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 
 use berth_model::{
     ApiError, ArnContext, Attribute, Cluster, ClusterSetting, Container, ContainerInstance,
-    Failure, Reservation, Tag, Task, TaskDefinition, TaskDefinitionSpec, TaskOverride,
+    Failure, Reservation, ServiceRecord, Tag, Task, TaskDefinition, TaskDefinitionSpec,
+    TaskOverride,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
+pub use crate::services::TaskStop;
 
 /// Version of the command encoding this build writes and understands.
 pub const COMMAND_VERSION: u32 = 1;
@@ -76,8 +78,18 @@ impl std::fmt::Display for Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum TagTarget {
-    Cluster { name: String },
-    TaskDefinition { family: String, revision: u32 },
+    Cluster {
+        name: String,
+    },
+    TaskDefinition {
+        family: String,
+        revision: u32,
+    },
+    /// A service (ACTIVE or DRAINING).
+    Service {
+        cluster: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +210,49 @@ pub enum Command {
     /// Forget STOPPED tasks that stopped before `before` (and client tokens older than it).
     #[serde(rename_all = "camelCase")]
     PurgeStoppedTasks { cluster: String, before: f64 },
+    /// A lost machine: every task on it not yet STOPPED is STOPPED now (desired and last
+    /// status, containers too), releasing its resources; an earlier stop reason is kept.
+    #[serde(rename_all = "camelCase")]
+    StopInstanceTasks {
+        cluster: String,
+        instance_id: String,
+        reason: String,
+        stop_code: String,
+        at: f64,
+    },
+    /// A new service, fully built by the API (ARN, defaults, first deployment). The name
+    /// may be reused only over an INACTIVE service; the same `clientToken` as the live
+    /// service of that name answers with it (idempotent).
+    #[serde(rename_all = "camelCase")]
+    CreateService {
+        cluster: String,
+        record: ServiceRecord,
+        at: f64,
+    },
+    /// Replace a service's record if its version is still `expected_version`
+    /// (UpdateService, DeleteService); otherwise [`Response::Conflict`] and no write.
+    #[serde(rename_all = "camelCase")]
+    PutService {
+        cluster: String,
+        name: String,
+        expected_version: u64,
+        record: ServiceRecord,
+        at: f64,
+    },
+    /// The controller's decision for a service, computed from `expected_version`: the
+    /// next record, tasks to create (as RunTasks does) and tasks to stop (as StopTask
+    /// does). A stale or repeated decision is [`Response::Conflict`] and writes nothing.
+    #[serde(rename_all = "camelCase")]
+    ReconcileService {
+        ctx: ArnContext,
+        cluster: String,
+        name: String,
+        expected_version: u64,
+        record: ServiceRecord,
+        new_tasks: Vec<NewTask>,
+        stops: Vec<TaskStop>,
+        at: f64,
+    },
 }
 
 /// One task to create, fully decided by the API layer (id, placement, containers).
@@ -249,6 +304,10 @@ impl Command {
             Command::PutAttributes { .. } => "PutAttributes",
             Command::DeleteAttributes { .. } => "DeleteAttributes",
             Command::PurgeStoppedTasks { .. } => "PurgeStoppedTasks",
+            Command::StopInstanceTasks { .. } => "StopInstanceTasks",
+            Command::CreateService { .. } => "CreateService",
+            Command::PutService { .. } => "PutService",
+            Command::ReconcileService { .. } => "ReconcileService",
         }
     }
 }
@@ -291,6 +350,18 @@ pub enum Response {
     Attributes {
         attributes: Vec<Attribute>,
     },
+    /// A service (with its tags).
+    Service {
+        service: Box<ServiceRecord>,
+    },
+    /// A conditional service write whose expected version no longer matches (or whose
+    /// service is gone): nothing was written; re-read and decide again.
+    Conflict,
+    /// What a `ReconcileService` created (and the placements it had to refuse).
+    Reconciled {
+        tasks: Vec<Task>,
+        failures: Vec<Failure>,
+    },
     /// A deterministic refusal: nothing was written.
     Error {
         error: ApiError,
@@ -321,6 +392,11 @@ pub enum Change {
         cluster: String,
         id: String,
         instance_id: String,
+    },
+    /// A service's record was written.
+    Service {
+        cluster: String,
+        name: String,
     },
 }
 
@@ -425,7 +501,7 @@ pub fn apply_batch<R: KvRead + ?Sized>(
             let resp = apply(&mut inner, cmd)?;
             (resp, inner.writes, inner.changes)
         };
-        if !matches!(resp, Response::Error { .. }) {
+        if !matches!(resp, Response::Error { .. } | Response::Conflict) {
             st.writes.extend(writes);
             st.changes.extend(changes);
         }
@@ -562,8 +638,10 @@ pub fn apply<R: KvRead + ?Sized>(
                     cluster: Box::new(c),
                 });
             }
-            // Services arrive with a later issue; their precondition goes here too.
             if let Some(e) = crate::tasks::delete_cluster_precondition(st, name)? {
+                return Ok(err(e));
+            }
+            if let Some(e) = crate::services::delete_cluster_precondition(st, name)? {
                 return Ok(err(e));
             }
             c.status = Some("INACTIVE".to_string());
@@ -761,6 +839,43 @@ pub fn apply<R: KvRead + ?Sized>(
         Command::PurgeStoppedTasks { cluster, before } => {
             crate::tasks::purge_stopped_tasks(st, cluster, *before)
         }
+        Command::StopInstanceTasks {
+            cluster,
+            instance_id,
+            reason,
+            stop_code,
+            at,
+        } => crate::tasks::stop_instance_tasks(st, cluster, instance_id, reason, stop_code, *at),
+        Command::CreateService {
+            cluster, record, ..
+        } => crate::services::create_service(st, cluster, record),
+        Command::PutService {
+            cluster,
+            name,
+            expected_version,
+            record,
+            ..
+        } => crate::services::put_service_if(st, cluster, name, *expected_version, record),
+        Command::ReconcileService {
+            ctx,
+            cluster,
+            name,
+            expected_version,
+            record,
+            new_tasks,
+            stops,
+            at,
+        } => crate::services::reconcile_service(
+            st,
+            ctx,
+            cluster,
+            name,
+            *expected_version,
+            record,
+            new_tasks,
+            stops,
+            *at,
+        ),
     }
 }
 
@@ -798,6 +913,15 @@ fn check_tag_target<R: KvRead + ?Sized>(
                     format!(
                         "The specified resource was not found: task-definition/{family}:{revision}"
                     ),
+                )),
+            }
+        }
+        TagTarget::Service { cluster, name } => {
+            match crate::services::load_service(st, cluster, name)? {
+                Some(s) if s.service.status != "INACTIVE" => None,
+                _ => Some(ApiError::new(
+                    berth_model::ErrorKind::ResourceNotFoundException,
+                    format!("The specified resource was not found: service/{cluster}/{name}"),
                 )),
             }
         }

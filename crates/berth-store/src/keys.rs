@@ -15,10 +15,12 @@ pub const INSTANCE: &[u8] = b"ci\0";
 /// `tk\0{cluster}\0{id}` -> TaskRecord
 pub const TASK: &[u8] = b"tk\0";
 /// `tx\0{cluster}\0{kind}\0{value}\0{task id}` -> empty: task indexes (instance,
-/// family, startedBy, desiredStatus), so lists never scan every task.
+/// family, startedBy, desiredStatus, group), so lists never scan every task.
 pub const TASK_INDEX: &[u8] = b"tx\0";
 /// `tok\0{cluster}\0{clientToken}` -> the task ids a RunTask created.
 pub const CLIENT_TOKEN: &[u8] = b"tok\0";
+/// `svc\0{cluster}\0{name}` -> ServiceRecord (one per name, any status).
+pub const SERVICE: &[u8] = b"svc\0";
 pub const META_LAST_APPLIED: &[u8] = b"m\0last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"m\0membership";
 
@@ -100,6 +102,8 @@ pub enum TaskIndexKind {
     Family,
     StartedBy,
     DesiredStatus,
+    /// The task group (`service:<name>` for a service's tasks).
+    Group,
 }
 
 impl TaskIndexKind {
@@ -109,6 +113,7 @@ impl TaskIndexKind {
             TaskIndexKind::Family => b"f",
             TaskIndexKind::StartedBy => b"s",
             TaskIndexKind::DesiredStatus => b"d",
+            TaskIndexKind::Group => b"g",
         }
     }
 }
@@ -138,6 +143,17 @@ pub fn client_token_prefix(cluster: &str) -> Vec<u8> {
 
 pub fn client_token(cluster: &str, token: &str) -> Vec<u8> {
     join(CLIENT_TOKEN, &[cluster.as_bytes(), token.as_bytes()])
+}
+
+/// All services of a cluster: `svc\0{cluster}\0`.
+pub fn service_prefix(cluster: &str) -> Vec<u8> {
+    let mut k = join(SERVICE, &[cluster.as_bytes()]);
+    k.push(0);
+    k
+}
+
+pub fn service(cluster: &str, name: &str) -> Vec<u8> {
+    join(SERVICE, &[cluster.as_bytes(), name.as_bytes()])
 }
 
 pub fn proposal(id: &str) -> Vec<u8> {
@@ -187,6 +203,9 @@ mod tests {
         assert!(!instance("ab", "x").starts_with(&instance_prefix("a")));
         assert!(instance("a", "x").starts_with(&instance_prefix("a")));
         assert!(!task("ab", "x").starts_with(&task_prefix("a")));
+        assert!(!service("ab", "x").starts_with(&service_prefix("a")));
+        assert!(service("a", "x").starts_with(&service_prefix("a")));
+        assert!(!service("a", "x").starts_with(TASK));
         let i = task_index("a", TaskIndexKind::Family, "web", "t1");
         assert!(i.starts_with(&task_index_prefix("a", TaskIndexKind::Family, "web")));
         assert!(!i.starts_with(&task_index_prefix("a", TaskIndexKind::Family, "we")));

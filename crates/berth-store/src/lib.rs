@@ -11,6 +11,7 @@
 pub mod command;
 pub mod keys;
 pub mod log_store;
+pub mod services;
 pub mod state_machine;
 pub mod tasks;
 
@@ -18,16 +19,19 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
-use berth_model::{Cluster, ContainerInstanceRecord, Tag, TaskDefinition, TaskRecord};
+use berth_model::{
+    Cluster, ContainerInstanceRecord, ServiceRecord, Tag, TaskDefinition, TaskRecord,
+};
 use tokio::sync::watch;
 
+pub use berth_model::Remaining;
 pub use command::{
-    Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget, COMMAND_VERSION,
+    Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget, TaskStop,
+    COMMAND_VERSION,
 };
 pub use keys::TaskIndexKind;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
-pub use berth_model::Remaining;
 pub use tasks::ClusterCounts;
 
 pub type NodeId = u64;
@@ -304,9 +308,32 @@ impl StateReader {
         tasks::task_ids_by(&self.sm, cluster, kind, value)
     }
 
-    /// `registeredContainerInstancesCount`, `runningTasksCount`, `pendingTasksCount`.
+    /// `registeredContainerInstancesCount`, `runningTasksCount`, `pendingTasksCount`,
+    /// `activeServicesCount` (and DRAINING services, for the statistics).
     pub fn cluster_counts(&self, cluster: &str) -> Result<ClusterCounts, StoreError> {
-        tasks::cluster_counts(&self.sm, cluster)
+        let mut c = tasks::cluster_counts(&self.sm, cluster)?;
+        (c.active_services, c.draining_services) = services::service_counts(&self.sm, cluster)?;
+        Ok(c)
+    }
+
+    /// A service (any status) as stored: counts are not filled in, tags are not in it.
+    pub fn service(&self, cluster: &str, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
+        services::load_service(&self.sm, cluster, name)
+    }
+
+    /// Every service of a cluster (ACTIVE, DRAINING and INACTIVE), by name.
+    pub fn services(&self, cluster: &str) -> Result<Vec<ServiceRecord>, StoreError> {
+        services::services_of_cluster(&self.sm, cluster)
+    }
+
+    /// Every task the store keeps of a task group (STOPPED ones still retained included),
+    /// by id, from the group index. A service's tasks: `group == "service:<name>"`.
+    pub fn tasks_of_group(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        services::tasks_of_group(&self.sm, cluster, group)
     }
 
     /// The changes of every revision after `after`, oldest first.

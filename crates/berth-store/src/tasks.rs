@@ -160,6 +160,10 @@ pub struct ClusterCounts {
     pub registered_container_instances: i64,
     pub running_tasks: i64,
     pub pending_tasks: i64,
+    /// ACTIVE services (`activeServicesCount`); filled in by [`crate::services`].
+    pub active_services: i64,
+    /// DRAINING services (for the cluster statistics).
+    pub draining_services: i64,
 }
 
 pub fn cluster_counts<R: KvRead + ?Sized>(
@@ -216,6 +220,9 @@ fn index_entries(cluster: &str, rec: &TaskRecord) -> Vec<Vec<u8>> {
     ];
     if let Some(s) = &rec.task.started_by {
         v.push(keys::task_index(cluster, TaskIndexKind::StartedBy, s, id));
+    }
+    if let Some(g) = &rec.task.group {
+        v.push(keys::task_index(cluster, TaskIndexKind::Group, g, id));
     }
     v
 }
@@ -728,6 +735,39 @@ pub(crate) fn stop_task<R: KvRead + ?Sized>(
     })
 }
 
+/// A lost machine: every task on it that is not STOPPED yet stops now, on the server's
+/// authority (desired and last status STOPPED, containers too), releasing what it held.
+/// A stop reason given earlier (by a user or the scheduler) is kept. When the agent comes
+/// back it finds the tasks gone from its desired set and stops them; its later reports
+/// cannot move them back (reports never lower a status).
+pub(crate) fn stop_instance_tasks<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    cluster: &str,
+    instance_id: &str,
+    reason: &str,
+    stop_code: &str,
+    at: f64,
+) -> Result<Response, StoreError> {
+    if st.get_json::<Cluster>(&keys::cluster(cluster))?.is_none() {
+        return Ok(err(ApiError::cluster_not_found()));
+    }
+    for old in tasks_on_instance(st, cluster, instance_id)? {
+        if old.task.last_status() == "STOPPED" {
+            continue;
+        }
+        let mut new = old.clone();
+        let t = &mut new.task;
+        if t.stopped_reason.is_none() && t.stop_code.is_none() {
+            t.stopped_reason = Some(reason.to_string());
+            t.stop_code = Some(stop_code.to_string());
+        }
+        stop_now(t, at);
+        t.version += 1;
+        put_task(st, cluster, Some(&old), &new)?;
+    }
+    Ok(Response::Ok)
+}
+
 pub(crate) fn deregister_container_instance<R: KvRead + ?Sized>(
     st: &mut Staged<'_, R>,
     cluster: &str,
@@ -987,7 +1027,7 @@ mod tests {
     use super::*;
     use crate::command::Command;
     use berth_model::agent::{ContainerReport, InstanceResources};
-    use berth_model::{Container, NetworkBinding, Tag};
+    use berth_model::{Container, NetworkBinding, Reservation, Tag};
 
     use crate::command::tests::{ctx, run, Map};
 
