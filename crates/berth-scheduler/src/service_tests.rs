@@ -745,6 +745,57 @@ fn a_task_that_exits_is_replaced() {
     assert_eq!(sim.rec.history[0].failure_count, 1);
 }
 
+#[test]
+fn a_task_stopped_by_a_user_is_replaced_without_counting_a_failure() {
+    let mut sim = Sim::steady_replica(2, 100, 200);
+    let t = sim.live()[0].id.clone();
+    let task = sim.tasks.iter_mut().find(|x| x.id == t).unwrap();
+    task.desired_status = "STOPPED".into();
+    task.stop_code = Some("UserInitiated".into());
+    task.stopped_reason = Some("Task stopped by user".into());
+    let d = sim.step();
+    assert_eq!(d.start.len(), 1);
+    assert!(
+        d.stop.is_empty(),
+        "a task already desired STOPPED is not stopped again"
+    );
+    sim.run_until(20, |s| s.rec.steady);
+    assert_eq!(sim.rec.history[0].failure_count, 0);
+    assert!(sim.rec.accounted_stops.contains(&t));
+}
+
+#[test]
+fn tasks_of_an_unlisted_deployment_are_scaled_away() {
+    // e.g. left over from an earlier service of the same name.
+    let mut sim = Sim::steady_replica(2, 100, 200);
+    let now = sim.now;
+    sim.tasks.push(TaskInfo {
+        id: "stray".into(),
+        deployment_id: "ecs-svc/9999999999999999999".into(),
+        instance_id: "i-1".into(),
+        last_status: "RUNNING".into(),
+        desired_status: "RUNNING".into(),
+        health_status: "UNKNOWN".into(),
+        created_at: now - 500.0,
+        started_at: Some(now - 500.0),
+        ..Default::default()
+    });
+    sim.task_def.insert("stray".into(), "web:0".into());
+    let d = sim.step();
+    assert!(d.start.is_empty());
+    let primary = sim.primary().id.clone();
+    assert_eq!(
+        d.stop,
+        vec![Stop {
+            task_id: "stray".into(),
+            reason: format!("Scaling activity initiated by (deployment {primary})"),
+            stop_code: SCHEDULER_STOP_CODE.into(),
+        }]
+    );
+    sim.run_until(5, |s| s.rec.steady);
+    assert_eq!(sim.live().len(), 2);
+}
+
 // ---------------------------------------------------------------------------------
 // Failures: back-off and circuit breaker
 
@@ -1334,20 +1385,25 @@ fn delete_daemon_service_needs_no_scale_to_zero() {
 fn lost_decision_is_recomputed_identically_and_not_repeated() {
     let mut sim = Sim::steady_replica(3, 100, 200);
     sim.deploy("web:2");
-    sim.step();
-    sim.step();
     sim.advance();
-    // The leader computes a decision, then loses leadership before it commits.
+    // The leader computes the rollout's first decision, then loses leadership before
+    // it commits.
     let lost = sim.decide();
+    assert_eq!(lost.start.len(), 3);
     // The new leader recomputes from the same committed state.
     let again = sim.decide();
     assert_eq!(lost.record, again.record);
     assert_eq!(lost.start, again.start);
     assert_eq!(lost.stop, again.stop);
-    // The store takes one of them; the other carries a stale version and is dropped.
+    // Both carry the version they were computed from; the store takes one, after which
+    // the other no longer matches the record's version and is dropped.
     let version = sim.rec.version;
+    assert_eq!(lost.record.version, version);
+    assert_eq!(again.record.version, version);
+    assert!(!again.is_noop(&sim.rec));
     sim.apply(&again);
-    assert!(sim.rec.version == version + 1 || again.is_noop(&sim.rec));
+    assert_eq!(sim.rec.version, version + 1);
+    assert_ne!(lost.record.version, sim.rec.version);
     // The next decision does not start again what the applied one started.
     let live = sim.live().len();
     let next = sim.decide();
