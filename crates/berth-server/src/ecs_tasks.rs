@@ -7,8 +7,11 @@ use std::collections::BTreeSet;
 use berth_model::cql::{self, InstanceView};
 use berth_model::{
     check_max_results, decode_opt_token, is_arn, page, parse_arn, validate_tags, ApiError,
-    Attribute, Container, ContainerInstance, Failure, ResourceArn, Tag, Task, TaskDefinition,
-    TaskOverride,
+    Attribute, Container, ContainerInstance, Failure, PlacementConstraint, PlacementStrategy,
+    ResourceArn, Tag, Task, TaskDefinition, TaskOverride,
+};
+use berth_scheduler::placement::{
+    self, ClusterView, Node, Rejection, Request, SpreadField, Strategy,
 };
 use berth_store::{Command, NewTask, Response, TaskIndexKind};
 use serde::Deserialize;
@@ -18,7 +21,6 @@ use crate::api::Ctx;
 use crate::ecs::{
     propose, required, resolve_task_definition, store_err, to_value, unexpected, with_token,
 };
-use crate::placement::{self, Candidate, Requirement};
 
 // ---------------------------------------------------------------- identifiers
 
@@ -202,7 +204,7 @@ fn view_of(
         .reader
         .tasks_on_instance(cluster, rec.id())
         .map_err(store_err)?;
-    Ok(Candidate::new(rec, &tasks).view)
+    Ok(Node::from_store(rec, &tasks).view)
 }
 
 pub(crate) async fn list_container_instances(
@@ -549,22 +551,6 @@ pub(crate) async fn list_attributes(
 
 // ---------------------------------------------------------------- tasks
 
-#[derive(Deserialize, Default, Clone)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct PlacementConstraintIn {
-    #[serde(rename = "type")]
-    r#type: Option<String>,
-    expression: Option<String>,
-}
-
-#[derive(Deserialize, Default, Clone)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct PlacementStrategyIn {
-    #[serde(rename = "type")]
-    r#type: Option<String>,
-    field: Option<String>,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct RunTaskRequest {
@@ -574,8 +560,8 @@ pub(crate) struct RunTaskRequest {
     group: Option<String>,
     started_by: Option<String>,
     overrides: Option<TaskOverride>,
-    placement_constraints: Option<Vec<PlacementConstraintIn>>,
-    placement_strategy: Option<Vec<PlacementStrategyIn>>,
+    placement_constraints: Option<Vec<PlacementConstraint>>,
+    placement_strategy: Option<Vec<PlacementStrategy>>,
     launch_type: Option<String>,
     capacity_provider_strategy: Option<Value>,
     tags: Option<Vec<Tag>>,
@@ -596,32 +582,6 @@ fn validate_started_by(s: &Option<String>, max: usize) -> Result<(), ApiError> {
             return Err(ApiError::invalid(format!(
                 "Invalid startedBy '{s}': up to {max} letters, numbers, hyphens, forward slashes and underscores."
             )));
-        }
-    }
-    Ok(())
-}
-
-fn validate_strategies(list: &[PlacementStrategyIn]) -> Result<(), ApiError> {
-    if list.len() > 5 {
-        return Err(ApiError::invalid(format!(
-            "At most 5 placement strategies are allowed; {} were given.",
-            list.len()
-        )));
-    }
-    for s in list {
-        match (s.r#type.as_deref(), s.field.as_deref()) {
-            (Some("random"), _) => {}
-            (Some("binpack"), Some(f))
-                if matches!(f.to_ascii_lowercase().as_str(), "cpu" | "memory") => {}
-            (Some("spread"), Some(f))
-                if f == "instanceId" || f == "host" || f.starts_with("attribute:") => {}
-            (t, f) => {
-                return Err(ApiError::invalid(format!(
-                    "Invalid placement strategy type '{}' with field '{}'.",
-                    t.unwrap_or(""),
-                    f.unwrap_or("")
-                )))
-            }
         }
     }
     Ok(())
@@ -838,6 +798,45 @@ async fn create_tasks(
     }
 }
 
+/// The task definition's placement constraints (memberOf only), in the request's form.
+fn td_constraints(td: &TaskDefinition) -> impl Iterator<Item = PlacementConstraint> + '_ {
+    td.placement_constraints
+        .iter()
+        .flatten()
+        .map(|c| PlacementConstraint {
+            kind: c.r#type.clone(),
+            expression: c.expression.clone(),
+        })
+}
+
+/// An instance as placement sees it, with the tasks the store keeps on it.
+fn placement_node(
+    ctx: &Ctx,
+    cluster: &str,
+    rec: &berth_model::ContainerInstanceRecord,
+) -> Result<Node, ApiError> {
+    let tasks = ctx
+        .node
+        .reader
+        .tasks_on_instance(cluster, rec.id())
+        .map_err(store_err)?;
+    Ok(Node::from_store(rec, &tasks))
+}
+
+/// Whether an instance is one placement considers (and names in failures): ACTIVE or
+/// DRAINING; placement itself tells which can take tasks.
+fn placeable(rec: &berth_model::ContainerInstanceRecord) -> bool {
+    matches!(rec.status(), "ACTIVE" | "DRAINING")
+}
+
+fn failure_of(r: Rejection) -> Failure {
+    Failure {
+        arn: Some(r.instance_arn),
+        reason: Some(r.reason),
+        detail: None,
+    }
+}
+
 pub(crate) async fn run_task(ctx: &Ctx, req: RunTaskRequest) -> Result<Value, ApiError> {
     let count = req.count.unwrap_or(1);
     if !(1..=10).contains(&count) {
@@ -845,62 +844,54 @@ pub(crate) async fn run_task(ctx: &Ctx, req: RunTaskRequest) -> Result<Value, Ap
             "count must be between 1 and 10; {count} was given."
         )));
     }
-    validate_strategies(req.placement_strategy.as_deref().unwrap_or_default())?;
+    let mut strategies =
+        placement::parse_strategies(req.placement_strategy.as_deref().unwrap_or_default())?;
+    if strategies.is_empty() {
+        // berth's RunTask default: spread the group's tasks over instances.
+        strategies = vec![Strategy::Spread(SpreadField::InstanceId)];
+    }
     ctx.node.read_barrier().await?;
     let p = prepare(ctx, &req, 128)?;
     existing_cluster(ctx, &p.cluster, true)?;
-    let mut listed: Vec<(Option<String>, Option<String>)> = req
-        .placement_constraints
-        .iter()
-        .flatten()
-        .map(|c| (c.r#type.clone(), c.expression.clone()))
-        .collect();
-    listed.extend(
-        p.td.placement_constraints
-            .iter()
-            .flatten()
-            .map(|c| (c.r#type.clone(), c.expression.clone())),
-    );
-    let requirement = Requirement {
+    let mut listed = req.placement_constraints.clone().unwrap_or_default();
+    listed.extend(td_constraints(&p.td));
+    let request = Request {
         reservation: placement::reservation(&p.td, &p.overrides),
         group: p.group.clone(),
-        constraints: placement::constraints(&listed)?,
+        constraints: placement::parse_constraints(&listed)?,
         requires_attributes: p.td.requires_attributes.clone().unwrap_or_default(),
+        strategies,
+        seed: uuid::Uuid::new_v4().as_u64_pair().0,
     };
-    let mut candidates = Vec::new();
+    let mut nodes = Vec::new();
     for rec in ctx
         .node
         .reader
         .container_instances(&p.cluster)
         .map_err(store_err)?
     {
-        if !matches!(rec.status(), "ACTIVE" | "DRAINING") {
-            continue;
+        if placeable(&rec) {
+            nodes.push(placement_node(ctx, &p.cluster, &rec)?);
         }
-        let tasks = ctx
-            .node
-            .reader
-            .tasks_on_instance(&p.cluster, rec.id())
-            .map_err(store_err)?;
-        candidates.push(Candidate::new(&rec, &tasks));
     }
-    if candidates.is_empty() {
+    if nodes.is_empty() {
         return Err(ApiError::invalid(
             "No Container Instances were found in your cluster.",
         ));
     }
-    let placed = placement::place(&mut candidates, &requirement, count as usize);
+    let placed = ClusterView::new(nodes).place(&request, count as usize);
     let tasks = placed
         .placed
         .iter()
         .map(|id| new_task(ctx, &p, &req, id))
         .collect();
+    let failures = placed.rejections.into_iter().map(failure_of).collect();
     create_tasks(
         ctx,
         p.cluster.clone(),
         tasks,
         req.client_token.clone(),
-        placed.failures,
+        failures,
     )
     .await
 }
@@ -916,12 +907,47 @@ pub(crate) async fn start_task(ctx: &Ctx, req: RunTaskRequest) -> Result<Value, 
     ctx.node.read_barrier().await?;
     let p = prepare(ctx, &req, 36)?;
     existing_cluster(ctx, &p.cluster, true)?;
-    let mut tasks = Vec::new();
+    // No strategies or request constraints in StartTask: the instances are named. The
+    // task definition's constraints, attributes and resources are still checked.
+    let constraints: Vec<PlacementConstraint> = td_constraints(&p.td).collect();
+    let request = Request {
+        reservation: placement::reservation(&p.td, &p.overrides),
+        group: p.group.clone(),
+        constraints: placement::parse_constraints(&constraints)?,
+        requires_attributes: p.td.requires_attributes.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
     let mut failures = Vec::new();
     for s in &list {
         match resolve_id(ctx, &p.cluster, s, IdKind::ContainerInstance) {
-            Ok(id) => tasks.push(new_task(ctx, &p, &req, &id)),
+            Ok(id) => ids.push(id),
             Err(bad) => failures.push(Failure::missing(bad)),
+        }
+    }
+    let mut nodes = Vec::new();
+    for id in ids.iter().collect::<BTreeSet<_>>() {
+        if let Some(rec) = ctx
+            .node
+            .reader
+            .container_instance(&p.cluster, id)
+            .map_err(store_err)?
+            .filter(placeable)
+        {
+            nodes.push(placement_node(ctx, &p.cluster, &rec)?);
+        }
+    }
+    let mut view = ClusterView::new(nodes);
+    let mut tasks = Vec::new();
+    for id in &ids {
+        // An instance the view does not have (unknown, INACTIVE) is the store's to refuse.
+        if view.node(id).is_none() {
+            tasks.push(new_task(ctx, &p, &req, id));
+            continue;
+        }
+        match view.place_on(id, &request) {
+            Ok(()) => tasks.push(new_task(ctx, &p, &req, id)),
+            Err(r) => failures.push(failure_of(r)),
         }
     }
     create_tasks(ctx, p.cluster.clone(), tasks, None, failures).await
@@ -1043,16 +1069,25 @@ pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value
     };
     ctx.node.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
-    // No services yet, so a serviceName matches nothing; PENDING is never a desired status.
-    if req.service_name.is_some() || desired == "PENDING" {
+    // PENDING is never a desired status.
+    if desired == "PENDING" {
         return Ok(json!({ "taskArns": [] }));
     }
+    // A service's tasks are those of its task group.
+    let group = match req.service_name.as_deref() {
+        None | Some("") => None,
+        // a name, or (leniently) the service's ARN
+        Some(s) if is_arn(s) => Some(format!("service:{}", s.rsplit('/').next().unwrap_or(s))),
+        Some(s) => Some(format!("service:{s}")),
+    };
     let reader = &ctx.node.reader;
     // Start from the most selective index; the other filters check the records.
     let ids = if let Some(i) = &instance {
         reader.task_ids_by(&cluster, TaskIndexKind::Instance, i)
     } else if let Some(s) = &req.started_by {
         reader.task_ids_by(&cluster, TaskIndexKind::StartedBy, s)
+    } else if let Some(g) = &group {
+        reader.task_ids_by(&cluster, TaskIndexKind::Group, g)
     } else if let Some(f) = &req.family {
         reader.task_ids_by(&cluster, TaskIndexKind::Family, f)
     } else {
@@ -1075,6 +1110,7 @@ pub(crate) async fn list_tasks(ctx: &Ctx, req: ListTasksRequest) -> Result<Value
         if t.desired_status() == desired
             && family_ok
             && instance.as_ref().is_none_or(|i| *i == rec.instance_id)
+            && group.as_ref().is_none_or(|g| t.group.as_ref() == Some(g))
             && req
                 .started_by
                 .as_ref()

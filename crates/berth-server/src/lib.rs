@@ -7,7 +7,6 @@ pub mod ecs;
 pub mod ecs_tasks;
 pub mod network;
 pub mod node;
-pub mod placement;
 pub mod sigv4;
 
 pub use api::{ApiConfig, AuthMode};
