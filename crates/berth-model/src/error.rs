@@ -26,6 +26,8 @@ pub enum ErrorKind {
     ThrottlingException,
     TargetNotFoundException,
     AttributeLimitExceededException,
+    ServiceNotFoundException,
+    ServiceNotActiveException,
 }
 
 impl ErrorKind {
@@ -54,6 +56,8 @@ impl ErrorKind {
             ErrorKind::ThrottlingException => "ThrottlingException",
             ErrorKind::TargetNotFoundException => "TargetNotFoundException",
             ErrorKind::AttributeLimitExceededException => "AttributeLimitExceededException",
+            ErrorKind::ServiceNotFoundException => "ServiceNotFoundException",
+            ErrorKind::ServiceNotActiveException => "ServiceNotActiveException",
         }
     }
 
@@ -102,6 +106,19 @@ impl ApiError {
     /// `ClusterNotFoundException` with ECS's exact message.
     pub fn cluster_not_found() -> Self {
         Self::new(ErrorKind::ClusterNotFoundException, "Cluster not found.")
+    }
+
+    /// `ServiceNotFoundException` with ECS's exact message.
+    pub fn service_not_found() -> Self {
+        Self::new(ErrorKind::ServiceNotFoundException, "Service not found.")
+    }
+
+    /// `ServiceNotActiveException` with ECS's exact message.
+    pub fn service_not_active() -> Self {
+        Self::new(
+            ErrorKind::ServiceNotActiveException,
+            "Service was not ACTIVE.",
+        )
     }
 
     /// `ResourceNotFoundException`.
@@ -164,6 +181,8 @@ mod tests {
             ErrorKind::ThrottlingException,
             ErrorKind::TargetNotFoundException,
             ErrorKind::AttributeLimitExceededException,
+            ErrorKind::ServiceNotFoundException,
+            ErrorKind::ServiceNotActiveException,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

@@ -175,6 +175,8 @@ pub struct Service {
     pub tags: Option<Vec<Tag>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// `enableECSManagedTags` on the wire (not the camelCase of the Rust name).
+    #[serde(rename = "enableECSManagedTags")]
     pub enable_ecs_managed_tags: bool,
     /// TASK_DEFINITION | SERVICE | NONE
     pub propagate_tags: String,
@@ -246,7 +248,10 @@ impl ServiceRecord {
     }
 
     pub fn primary(&self) -> Option<&Deployment> {
-        self.service.deployments.iter().find(|d| d.status == "PRIMARY")
+        self.service
+            .deployments
+            .iter()
+            .find(|d| d.status == "PRIMARY")
     }
 
     pub fn group(&self) -> String {
@@ -289,6 +294,19 @@ mod tests {
         assert_eq!(circuit_breaker_threshold(25), 13);
         assert_eq!(circuit_breaker_threshold(400), 200);
         assert_eq!(circuit_breaker_threshold(800), 200);
+    }
+
+    #[test]
+    fn service_wire_names() {
+        let v = serde_json::to_value(Service {
+            enable_ecs_managed_tags: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v["enableECSManagedTags"], true);
+        assert!(v.get("enableEcsManagedTags").is_none());
+        let back: Service = serde_json::from_value(v).unwrap();
+        assert!(back.enable_ecs_managed_tags);
     }
 
     #[test]

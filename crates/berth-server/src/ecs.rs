@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::Ctx;
-use crate::ecs_tasks;
+use crate::{ecs_services, ecs_tasks};
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -86,6 +86,15 @@ pub async fn dispatch(ctx: &Ctx, op: &str, body: &[u8]) -> Result<Value, ApiErro
         "StopTask" => ecs_tasks::stop_task(ctx, parse(body)?).await,
         "DescribeTasks" => ecs_tasks::describe_tasks(ctx, parse(body)?).await,
         "ListTasks" => ecs_tasks::list_tasks(ctx, parse(body)?).await,
+        "CreateService" => ecs_services::create_service(ctx, parse(body)?).await,
+        "UpdateService" => ecs_services::update_service(ctx, parse(body)?).await,
+        "DeleteService" => ecs_services::delete_service(ctx, parse(body)?).await,
+        "DescribeServices" => ecs_services::describe_services(ctx, parse(body)?).await,
+        "ListServices" => ecs_services::list_services(ctx, parse(body)?).await,
+        "ListServiceDeployments" => ecs_services::list_service_deployments(ctx, parse(body)?).await,
+        "DescribeServiceDeployments" => {
+            ecs_services::describe_service_deployments(ctx, parse(body)?).await
+        }
         other => Err(ApiError::new(
             ErrorKind::UnknownOperationException,
             format!("Operation '{other}' is not supported by this berth server."),
@@ -196,21 +205,22 @@ const CLUSTER_FIELDS: [&str; 5] = [
     "TAGS",
 ];
 
-fn statistics() -> Vec<KeyValuePair> {
+/// `statistics` (every berth task and service counts as EC2; there is no Fargate).
+fn statistics(c: &berth_store::ClusterCounts) -> Vec<KeyValuePair> {
     [
-        "runningEC2TasksCount",
-        "runningFargateTasksCount",
-        "pendingEC2TasksCount",
-        "pendingFargateTasksCount",
-        "activeEC2ServiceCount",
-        "activeFargateServiceCount",
-        "drainingEC2ServiceCount",
-        "drainingFargateServiceCount",
+        ("runningEC2TasksCount", c.running_tasks),
+        ("runningFargateTasksCount", 0),
+        ("pendingEC2TasksCount", c.pending_tasks),
+        ("pendingFargateTasksCount", 0),
+        ("activeEC2ServiceCount", c.active_services),
+        ("activeFargateServiceCount", 0),
+        ("drainingEC2ServiceCount", c.draining_services),
+        ("drainingFargateServiceCount", 0),
     ]
     .iter()
-    .map(|n| KeyValuePair {
+    .map(|(n, v)| KeyValuePair {
         name: Some(n.to_string()),
-        value: Some("0".into()),
+        value: Some(v.to_string()),
     })
     .collect()
 }
@@ -258,12 +268,13 @@ async fn describe_clusters(ctx: &Ctx, req: DescribeClustersRequest) -> Result<Va
                 c.registered_container_instances_count = counts.registered_container_instances;
                 c.running_tasks_count = counts.running_tasks;
                 c.pending_tasks_count = counts.pending_tasks;
+                c.active_services_count = counts.active_services;
                 if include.contains("TAGS") {
                     let tags = cluster_tags(ctx, &c)?;
                     c.tags = Some(tags);
                 }
                 if include.contains("STATISTICS") {
-                    c.statistics = Some(statistics());
+                    c.statistics = Some(statistics(&counts));
                 }
                 if !include.contains("SETTINGS") {
                     c.settings = None;
