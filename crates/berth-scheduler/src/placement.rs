@@ -38,8 +38,10 @@
 //! (its resources, its group count, its clock, its memberOf verdict on `task:group`)
 //! and the group counts of X's attribute values: X is taken out, re-checked and put back
 //! when it still fits, and the buckets that share one of X's values get their entry
-//! recomputed. With one spread attribute that is X's bucket alone: O(log n) per task.
-//! The tests compare every choice with sorting all instances by the full key.
+//! recomputed. With one spread attribute that is X's bucket alone: O(log n) per task,
+//! after O(n log n) to build the index per call. With several, it is every bucket that
+//! shares X's zone or X's rack (say): a value shared by many buckets costs as many
+//! updates. The tests compare every choice with sorting all instances by the full key.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
