@@ -39,6 +39,10 @@ pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     /// An agent silent for this long is disconnected (`agentConnected=false`).
     pub heartbeat_timeout: Duration,
+    /// A disconnected instance's tasks are marked STOPPED this long after it was last
+    /// heard from (services then replace them elsewhere; the agent, if it comes back,
+    /// stops them).
+    pub lost_after: Duration,
 }
 
 impl AgentSettings {
@@ -48,6 +52,7 @@ impl AgentSettings {
             ctx,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
+            lost_after: Duration::from_secs(30),
         }
     }
 }
@@ -509,13 +514,15 @@ async fn run_session(
 pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Leader only: marks instances whose agent has not been seen within the heartbeat timeout
-/// as disconnected (their server may have died with the session), and purges tasks stopped
-/// longer ago than [`STOPPED_TASK_RETENTION`].
+/// as disconnected (their server may have died with the session), marks the tasks of
+/// instances disconnected for longer than `lost_after` STOPPED (see [`lost_machine`]),
+/// and purges tasks stopped longer ago than [`STOPPED_TASK_RETENTION`].
 pub async fn watch_heartbeats(
     node: Arc<ServerNode>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let timeout = node.agent_settings.heartbeat_timeout;
+    let lost_after = node.agent_settings.lost_after;
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout / 2));
     let mut last_purge = tokio::time::Instant::now();
     loop {
@@ -550,6 +557,10 @@ pub async fn watch_heartbeats(
             };
             for ci in instances {
                 let connected = ci.instance.agent_connected.unwrap_or(false);
+                if !connected && ci.last_seen + lost_after.as_secs_f64() < now {
+                    lost_machine(&node, &name, &ci, now).await;
+                    continue;
+                }
                 if connected && ci.last_seen + timeout.as_secs_f64() < now {
                     let id = ci.instance.ec2_instance_id.clone().unwrap_or_default();
                     tracing::warn!(
@@ -569,4 +580,44 @@ pub async fn watch_heartbeats(
             }
         }
     }
+}
+
+/// An instance whose agent has been gone past the grace period: its tasks that are not
+/// STOPPED yet become STOPPED, so services replace them on other machines. The agent,
+/// if it returns, no longer finds them in its desired set and stops them.
+async fn lost_machine(
+    node: &ServerNode,
+    cluster: &str,
+    ci: &berth_model::ContainerInstanceRecord,
+    now: f64,
+) {
+    let id = ci.id().to_string();
+    let Ok(tasks) = node.reader.tasks_on_instance(cluster, &id) else {
+        return;
+    };
+    let live = tasks
+        .iter()
+        .filter(|t| t.task.last_status() != "STOPPED")
+        .count();
+    if live == 0 {
+        return;
+    }
+    let since = (now - ci.last_seen).max(0.0).round() as u64;
+    tracing::warn!(
+        cluster,
+        instance = id,
+        tasks = live,
+        "agent lost for {since}s; marking its tasks STOPPED"
+    );
+    let _ = node
+        .write(Command::StopInstanceTasks {
+            cluster: cluster.to_string(),
+            instance_id: id.clone(),
+            reason: format!(
+                "Container instance {id} lost contact with the cluster: its agent has not been heard from for {since}s"
+            ),
+            stop_code: "TerminationNotice".into(),
+            at: now,
+        })
+        .await;
 }

@@ -5,6 +5,7 @@ pub mod agent_service;
 pub mod api;
 pub mod ecs;
 pub mod ecs_services;
+pub mod controller;
 pub mod ecs_tasks;
 pub mod network;
 pub mod node;

@@ -32,6 +32,12 @@ pub struct ServerConfig {
     pub join_token: Option<String>,
     /// An agent silent for this long is marked disconnected (e.g. "15s", "500ms", "2m").
     pub agent_heartbeat_timeout: String,
+    /// A disconnected agent's tasks are marked STOPPED (and services replace them) this
+    /// long after it was last heard from.
+    pub agent_lost_after: String,
+    /// A RUNNING service task without a container health check counts as healthy for
+    /// deployments after this long (ECS: 40s).
+    pub task_healthy_after: String,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +61,8 @@ impl Default for ServerConfig {
             election_timeout_ms: 500,
             join_token: None,
             agent_heartbeat_timeout: "15s".into(),
+            agent_lost_after: "30s".into(),
+            task_healthy_after: "40s".into(),
         }
     }
 }
@@ -67,6 +75,8 @@ pub struct Valid {
     pub raft_addr: SocketAddr,
     pub keys: HashMap<String, String>,
     pub agent_heartbeat_timeout: std::time::Duration,
+    pub agent_lost_after: std::time::Duration,
+    pub task_healthy_after: std::time::Duration,
 }
 
 /// "15s", "500ms", "2m", "1h" or plain seconds.
@@ -206,6 +216,15 @@ impl ServerConfig {
                 std::time::Duration::from_secs(15)
             }
         };
+        let mut duration = |name: &str, v: &str, fallback: u64| match parse_duration(v) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(format!("{name}: {e}"));
+                std::time::Duration::from_secs(fallback)
+            }
+        };
+        let agent_lost_after = duration("agent-lost-after", &self.agent_lost_after, 30);
+        let task_healthy_after = duration("task-healthy-after", &self.task_healthy_after, 40);
         if let Some(t) = &self.join_token {
             if t.len() < 16 {
                 errs.push("join-token must be at least 16 characters".to_string());
@@ -214,6 +233,8 @@ impl ServerConfig {
         if errs.is_empty() {
             Ok(Valid {
                 agent_heartbeat_timeout,
+                agent_lost_after,
+                task_healthy_after,
                 api_addr: api_addr.unwrap_or_else(unreachable_addr),
                 raft_addr: raft_addr.unwrap_or_else(unreachable_addr),
                 keys,

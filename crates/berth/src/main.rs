@@ -123,6 +123,14 @@ pub struct ServerArgs {
     /// Mark an agent disconnected after this long without a heartbeat (default 15s).
     #[arg(long, env = "BERTH_AGENT_HEARTBEAT_TIMEOUT")]
     agent_heartbeat_timeout: Option<String>,
+    /// Mark a disconnected agent's tasks STOPPED (services replace them elsewhere) this
+    /// long after it was last heard from (default 30s).
+    #[arg(long, env = "BERTH_AGENT_LOST_AFTER")]
+    agent_lost_after: Option<String>,
+    /// A running service task without a container health check counts as healthy for
+    /// deployments after this long (default 40s, as ECS).
+    #[arg(long, env = "BERTH_TASK_HEALTHY_AFTER")]
+    task_healthy_after: Option<String>,
 }
 
 impl ServerArgs {
@@ -145,7 +153,9 @@ impl ServerArgs {
             fsync,
             snapshot_every,
             body_limit,
-            agent_heartbeat_timeout
+            agent_heartbeat_timeout,
+            agent_lost_after,
+            task_healthy_after
         );
         if self.join_token.is_some() {
             c.join_token = self.join_token;
@@ -372,6 +382,7 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
     agents.heartbeat_timeout = valid.agent_heartbeat_timeout;
     agents.heartbeat_interval =
         (valid.agent_heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));
+    agents.lost_after = valid.agent_lost_after;
     ncfg.agents = agents;
     if !cfg.fsync {
         tracing::warn!("fsync is OFF: acknowledged writes can be lost on power failure");
@@ -382,6 +393,13 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
     node.bootstrap_or_join(cfg.join.clone()).await?;
     tokio::spawn(berth_server::agent_service::watch_heartbeats(
         node.clone(),
+        shutdown_rx.clone(),
+    ));
+    let mut controller = berth_server::controller::ControllerSettings::default();
+    controller.scheduler.healthy_after_secs = valid.task_healthy_after.as_secs_f64();
+    tokio::spawn(berth_server::controller::run(
+        node.clone(),
+        controller,
         shutdown_rx.clone(),
     ));
 
