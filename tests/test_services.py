@@ -221,6 +221,10 @@ def test_a_rolling_update_never_drops_below_minimum_healthy(env, ecs, hosts):
     td1 = web_def(env, "roll", "1")
     create_service(env, name, td1, 2)
     wait_stable(env, name)
+    # services-stable only needs runningCount == desiredCount; the rollout completes once
+    # the tasks are also HEALTHY, and only healthy tasks count toward the minimum
+    wait_service(env, name, lambda s: s["deployments"][0]["rolloutState"] == "COMPLETED", 60,
+                 "the first deployment to complete (tasks HEALTHY)")
     # revision 2 of the same family (a new image version in real life)
     fam1 = td1.split(":")[0]
     td2 = h.register_task_definition(env.node, {"family": fam1, "containerDefinitions": [
@@ -255,7 +259,9 @@ def test_a_rolling_update_never_drops_below_minimum_healthy(env, ecs, hosts):
         h.aws("ecs", "update-service", "--cluster", env.cluster, "--service", name, "--task-definition", td2,
               "--deployment-configuration", "maximumPercent=200,minimumHealthyPercent=50", node=env.node)
         svc = describe_service(env, name)
-        assert [d["status"] for d in svc["deployments"]] == ["PRIMARY", "ACTIVE"], svc["deployments"]
+        # the new deployment is PRIMARY at once (the old one may already be gone: with
+        # health checks passing fast, a rollout of 2 tasks takes about a second)
+        assert svc["deployments"][0]["status"] == "PRIMARY", svc["deployments"]
         assert svc["deployments"][0]["taskDefinition"].endswith(f"/{td2}"), svc["deployments"]
         svc = wait_stable(env, name, timeout=200)
     finally:
@@ -265,6 +271,9 @@ def test_a_rolling_update_never_drops_below_minimum_healthy(env, ecs, hosts):
     assert svc["taskDefinition"].endswith(f"/{td2}"), svc
     tasks = service_tasks(env, name)
     assert len(tasks) == 2 and all(t["taskDefinitionArn"].endswith(f"/{td2}") for t in tasks), tasks
+    history = h.aws("ecs", "list-service-deployments", "--cluster", env.cluster, "--service", name,
+                    node=env.node).json["serviceDeployments"]
+    assert len(history) == 2 and {d["status"] for d in history} == {"SUCCESSFUL"}, history
     # desired 2, minimumHealthyPercent 50 -> at least ceil(1.0) = 1 healthy task all along
     assert samples and all(s[0] != -1 for s in samples), samples
     assert min(h_ for _, h_ in samples) >= 1, f"healthy tasks dropped below 1 during the rollout: {samples}"
