@@ -353,3 +353,17 @@ def test_a_lost_machine_has_its_tasks_rescheduled_on_the_other(env, hosts):
     h.wait_until(lambda: not h.http_answers(f"http://{hosts.ip_of('berth-h2')}:{lost_port}/"), 60,
                  "the returning agent to stop the task that was rescheduled")
     delete_service(env, name)
+
+
+@pytest.mark.timeout(180)
+def test_a_daemon_service_runs_one_task_on_every_machine(env):
+    name = h.unique("daemon")
+    td = web_def(env, "daemon", health=False)
+    svc = h.aws("ecs", "create-service", "--cluster", env.cluster, "--service-name", name, "--task-definition", td,
+                "--scheduling-strategy", "DAEMON", node=env.node).json["service"]
+    assert svc["schedulingStrategy"] == "DAEMON", svc
+    svc = wait_service(env, name, lambda s: s["runningCount"] == 2 and s["desiredCount"] == 2, 90,
+                       "one running task on each of the two machines")
+    on = sorted(instance_ns(env, t["containerInstanceArn"]) for t in service_tasks(env, name))
+    assert on == ["berth-h1", "berth-h2"], on
+    delete_service(env, name)
