@@ -375,7 +375,7 @@ fn check_service_registries(regs: &[ServiceRegistry], td: &TaskDefinition) -> Re
 fn check_placement(
     constraints: &[PlacementConstraint],
     strategies: &[PlacementStrategy],
-    td: &TaskDefinition,
+    td: Option<&TaskDefinition>,
     daemon: bool,
 ) -> Result<(), ApiError> {
     if daemon && !strategies.is_empty() {
@@ -385,8 +385,8 @@ fn check_placement(
     }
     let mut all = constraints.to_vec();
     all.extend(
-        td.placement_constraints
-            .iter()
+        td.and_then(|td| td.placement_constraints.as_ref())
+            .into_iter()
             .flatten()
             .map(|c| PlacementConstraint {
                 kind: c.r#type.clone(),
@@ -595,7 +595,7 @@ pub(crate) async fn create_service(
     ctx.node.read_barrier().await?;
     existing_cluster(ctx, &cluster, true)?;
     let td = service_task_definition(ctx, &td_ref)?;
-    check_placement(&constraints, &strategies, &td, daemon)?;
+    check_placement(&constraints, &strategies, Some(&td), daemon)?;
     check_load_balancers(&load_balancers, &td)?;
     check_service_registries(&registries, &td)?;
     let td_arn = td.task_definition_arn.clone().unwrap_or_default();
@@ -752,14 +752,17 @@ fn updated(
         svc.deployment_configuration =
             merge_deployment_configuration(&svc.deployment_configuration, dc, daemon)?;
     }
+    // The task definition the service will run. Without a new one, the current one is
+    // only read to validate against; a service whose task definition is gone can still
+    // be scaled.
     let td = match &req.task_definition {
-        Some(s) => service_task_definition(ctx, s)?,
-        None => match resolve_task_definition(ctx, &svc.task_definition)? {
-            Some(td) => td,
-            None => return Err(ApiError::invalid("TaskDefinition not found.")),
-        },
+        Some(s) => Some(service_task_definition(ctx, s)?),
+        None => resolve_task_definition(ctx, &svc.task_definition)?,
     };
-    let td_arn = td.task_definition_arn.clone().unwrap_or_default();
+    let td_arn = td
+        .as_ref()
+        .and_then(|t| t.task_definition_arn.clone())
+        .unwrap_or_else(|| svc.task_definition.clone());
     let mut deploy = req.force_new_deployment.unwrap_or(false);
     if td_arn != svc.task_definition {
         deploy = true;
@@ -782,8 +785,10 @@ fn updated(
             svc.network_configuration = Some(nc.clone());
         }
     }
-    check_load_balancers(&svc.load_balancers, &td)?;
-    check_service_registries(&svc.service_registries, &td)?;
+    if let Some(td) = &td {
+        check_load_balancers(&svc.load_balancers, td)?;
+        check_service_registries(&svc.service_registries, td)?;
+    }
     if let Some(c) = &req.placement_constraints {
         svc.placement_constraints = c.clone();
     }
@@ -793,7 +798,7 @@ fn updated(
     check_placement(
         &svc.placement_constraints,
         &svc.placement_strategy,
-        &td,
+        td.as_ref(),
         daemon,
     )?;
     if req.health_check_grace_period_seconds.is_some() {
