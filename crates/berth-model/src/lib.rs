@@ -16,12 +16,12 @@ pub mod validate;
 pub use arn::{cluster_name_from, is_arn, parse_arn, ArnContext, ParsedArn, ResourceArn};
 pub use error::{ApiError, ErrorKind};
 pub use paging::{check_max_results, decode_opt_token, decode_token, encode_token, page};
+pub use service::*;
 pub use task::*;
 pub use taskdef::{
     normalize_cpu, normalize_memory, parse_task_definition_ref, validate_register, TaskDefRef,
     TaskDefinitionSpec,
 };
-pub use service::*;
 pub use types::*;
 pub use validate::{
     is_valid_name, merge_tags, remove_tags, validate_cluster_name, validate_container_name,

@@ -377,7 +377,7 @@ fn stop_guarded(
         .filter(|(i, l)| l.phase == Phase::Healthy && !stopping.contains(i))
         .count() as i64;
     for (i, why) in guarded {
-        if healthy_left - 1 >= min_healthy {
+        if healthy_left > min_healthy {
             stops.push((i, why));
             healthy_left -= 1;
         }

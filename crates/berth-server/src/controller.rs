@@ -25,7 +25,7 @@ use berth_model::{
 use berth_scheduler::placement::{
     self, ClusterView, Node, Rejection, Request, SpreadField, Strategy,
 };
-use berth_scheduler::service::{self, Config, Decision, InstanceInfo, Input, Start, TaskInfo};
+use berth_scheduler::service::{self, Config, Decision, Input, InstanceInfo, Start, TaskInfo};
 use berth_store::{Change, Command, Response, TaskStop};
 
 use crate::node::ServerNode;
@@ -122,10 +122,8 @@ fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
     let current = reader.revision();
     let changes = match state.revision {
         None => None,
-        Some(r) => match reader.changes_since(r).map_err(serr)? {
-            Ok(c) => Some(c),
-            Err(_compacted) => None,
-        },
+        // Compacted away: reload everything.
+        Some(r) => reader.changes_since(r).map_err(serr)?.ok(),
     };
     let Some(changes) = changes else {
         // Full reload.
@@ -164,8 +162,11 @@ fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
                 } => {
                     touched.insert((cluster.clone(), instance_id));
                     if let Some(t) = reader.task(&cluster, &id).map_err(serr)? {
-                        if let Some(name) =
-                            t.task.group.as_deref().and_then(|g| g.strip_prefix("service:"))
+                        if let Some(name) = t
+                            .task
+                            .group
+                            .as_deref()
+                            .and_then(|g| g.strip_prefix("service:"))
                         {
                             state.dirty.insert((cluster, name.to_string()));
                         }
@@ -207,11 +208,10 @@ fn load_node(
     cache: &mut ClusterCache,
 ) -> PassResult {
     let id = rec.id().to_string();
-    let tasks = node
-        .reader
-        .tasks_on_instance(cluster, &id)
-        .map_err(serr)?;
-    cache.nodes.insert(id.clone(), Node::from_store(rec, &tasks));
+    let tasks = node.reader.tasks_on_instance(cluster, &id).map_err(serr)?;
+    cache
+        .nodes
+        .insert(id.clone(), Node::from_store(rec, &tasks));
     cache
         .states
         .insert(id, (rec.status().to_string(), rec.agent_connected()));
@@ -232,7 +232,9 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
     for c in std::mem::take(&mut state.dirty_clusters) {
         for s in node.reader.services(&c).map_err(serr)? {
             if matches!(s.service.status.as_str(), "ACTIVE" | "DRAINING") {
-                work.entry(c.clone()).or_default().insert(s.name().to_string());
+                work.entry(c.clone())
+                    .or_default()
+                    .insert(s.name().to_string());
             }
         }
     }
@@ -262,8 +264,7 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
             if !matches!(rec.service.status.as_str(), "ACTIVE" | "DRAINING") {
                 continue;
             }
-            match reconcile_one(node, settings, state, &cluster, &rec, &mut view, &instances)
-                .await
+            match reconcile_one(node, settings, state, &cluster, &rec, &mut view, &instances).await
             {
                 Ok(()) => {}
                 Err(e) => {
@@ -361,7 +362,8 @@ fn placement_event(name: &str, rejections: &[Rejection]) -> String {
     let head = format!(
         "(service {name}) was unable to place a task because no container instance met all of its requirements."
     );
-    let tail = "For more information, see the Troubleshooting section of the Amazon ECS Developer Guide.";
+    let tail =
+        "For more information, see the Troubleshooting section of the Amazon ECS Developer Guide.";
     let Some(r) = rejections.first() else {
         return format!("{head} Reason: No Container Instances were found in your cluster. {tail}");
     };
@@ -400,10 +402,7 @@ async fn reconcile_one(
 ) -> PassResult {
     let now = now_secs();
     let group = rec.group();
-    let records = node
-        .reader
-        .tasks_of_group(cluster, &group)
-        .map_err(serr)?;
+    let records = node.reader.tasks_of_group(cluster, &group).map_err(serr)?;
     let mut checked: HashMap<String, bool> = HashMap::new();
     let mut tasks = Vec::with_capacity(records.len());
     for t in &records {

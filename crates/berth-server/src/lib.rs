@@ -3,9 +3,9 @@
 
 pub mod agent_service;
 pub mod api;
+pub mod controller;
 pub mod ecs;
 pub mod ecs_services;
-pub mod controller;
 pub mod ecs_tasks;
 pub mod network;
 pub mod node;
