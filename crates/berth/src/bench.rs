@@ -37,7 +37,7 @@ const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
 const AMZ_JSON: &str = "application/x-amz-json-1.1";
 const TD_BODY: &str = r#"{"family":"bench","containerDefinitions":[{"name":"app","image":"busybox","cpu":128,"memory":64,"portMappings":[{"containerPort":8080}],"essential":true}]}"#;
 /// How long a cluster may take to come up (all voters, leader known).
-const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 /// A single request that takes longer than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Size of the value etcd stores per put (about one task definition).
@@ -51,6 +51,10 @@ pub enum BenchCmd {
     /// RunTask -> RUNNING latency on this machine's containerd against `ctr run -d`, and
     /// the agent's memory.
     Tasks(crate::bench_tasks::TasksBenchArgs),
+    /// Placement throughput of the pure scheduler (10,000 instances, 1,000,000 tasks) against
+    /// a naive sort-per-task, then services placed, committed through Raft on 3 servers and
+    /// run by simulated agents speaking the real agent protocol.
+    Scheduler(crate::bench_sched::SchedBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -103,6 +107,7 @@ pub struct ApiBenchArgs {
 pub async fn run(what: BenchCmd) -> anyhow::Result<()> {
     match what {
         BenchCmd::Tasks(args) => crate::bench_tasks::run(args).await,
+        BenchCmd::Scheduler(args) => crate::bench_sched::run(args).await,
         BenchCmd::Api(args) => {
             let secs = args.deadline_secs;
             // Dropping `api(..)` (deadline or ctrl-c) kills every child
@@ -249,30 +254,30 @@ pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .map_err(Into::into)
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A child server process.
-struct Proc {
-    name: String,
+pub(crate) struct Proc {
+    pub(crate) name: String,
     child: Child,
     /// Where clients talk to it (berth API / etcd client URL).
-    api: SocketAddr,
+    pub(crate) api: SocketAddr,
     /// Raft port (berth) / peer port (etcd).
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     data: PathBuf,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
     spawned: Instant,
 }
 
 impl Proc {
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// The last lines of its log, for error messages.
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(15);
@@ -284,7 +289,7 @@ impl Proc {
     }
 
     /// Err if the process has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.child.try_wait()? {
             bail!("{} exited early ({st})\n{}", self.name, self.log_tail());
         }
@@ -292,7 +297,7 @@ impl Proc {
     }
 
     /// SIGTERM, wait up to 20 s, then SIGKILL.
-    async fn stop(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
@@ -330,7 +335,7 @@ fn open_log(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spawn_berth(
+pub(crate) fn spawn_berth(
     exe: &Path,
     id: u64,
     data: &Path,
@@ -339,6 +344,7 @@ fn spawn_berth(
     raft: SocketAddr,
     join: Option<SocketAddr>,
     fsync: bool,
+    extra: &[String],
 ) -> anyhow::Result<Proc> {
     let (out, err) = open_log(log)?;
     let mut cmd = Command::new(exe);
@@ -358,6 +364,7 @@ fn spawn_berth(
     if let Some(j) = join {
         cmd.arg("--join").arg(j.to_string());
     }
+    cmd.args(extra);
     // The children must not pick up a config meant for someone else.
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("BERTH_") {
@@ -453,7 +460,7 @@ pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// The filesystem type of the mount holding `path`, from /proc/self/mounts.
-fn fs_type(path: &Path) -> Option<String> {
+pub(crate) fn fs_type(path: &Path) -> Option<String> {
     let path = path.canonicalize().ok()?;
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts
@@ -479,7 +486,7 @@ fn on_path(bin: &str) -> bool {
 
 // ------------------------------------------------------------------ HTTP
 
-type Conn = SendRequest<Full<Bytes>>;
+pub(crate) type Conn = SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Result<Conn, String> {
     let stream = tokio::net::TcpStream::connect(addr)
@@ -497,7 +504,7 @@ async fn connect(addr: SocketAddr) -> Result<Conn, String> {
 
 /// Sends `req` on `conn` (connecting first if needed); drops the connection
 /// on any transport error so the next call reconnects.
-async fn send(
+pub(crate) async fn send(
     conn: &mut Option<Conn>,
     addr: SocketAddr,
     req: Request<Full<Bytes>>,
@@ -536,7 +543,7 @@ async fn send(
 }
 
 /// One GET on a fresh connection.
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes), String> {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes), String> {
     let req = Request::get(path)
         .header("host", addr.to_string())
         .body(Full::new(Bytes::new()))
@@ -553,7 +560,7 @@ fn now_epoch() -> i64 {
 }
 
 /// A SigV4-signed ECS JSON 1.1 request.
-fn ecs_request(addr: SocketAddr, op: &str, body: &[u8]) -> Request<Full<Bytes>> {
+pub(crate) fn ecs_request(addr: SocketAddr, op: &str, body: &[u8]) -> Request<Full<Bytes>> {
     let host = addr.to_string();
     let target = format!("{TARGET_PREFIX}{op}");
     let headers = vec![
@@ -600,7 +607,10 @@ fn etcd_put_request(
 // ------------------------------------------------------------------ waiting
 
 /// Polls `GET /healthz` until status "ok"; returns the time since spawn.
-async fn wait_berth_healthy(p: &mut Proc, deadline: Instant) -> anyhow::Result<Duration> {
+pub(crate) async fn wait_berth_healthy(
+    p: &mut Proc,
+    deadline: Instant,
+) -> anyhow::Result<Duration> {
     loop {
         p.check_alive()?;
         if let Ok((200, body)) = get(p.api, "/healthz").await {
@@ -622,7 +632,7 @@ async fn wait_berth_healthy(p: &mut Proc, deadline: Instant) -> anyhow::Result<D
 }
 
 /// The voter sets of an openraft RaftMetrics JSON, and whether a leader is known.
-fn voters_of(status: &Value) -> (Vec<BTreeSet<u64>>, bool) {
+pub(crate) fn voters_of(status: &Value) -> (Vec<BTreeSet<u64>>, bool) {
     let configs = status["membership_config"]["membership"]["configs"]
         .as_array()
         .map(|cs| {
@@ -640,7 +650,7 @@ fn voters_of(status: &Value) -> (Vec<BTreeSet<u64>>, bool) {
 
 /// Waits until every node reports one (non-joint) config holding all ids as
 /// voters, a known leader, and healthz ok.
-async fn wait_berth_voters(ps: &mut [Proc], deadline: Instant) -> anyhow::Result<()> {
+pub(crate) async fn wait_berth_voters(ps: &mut [Proc], deadline: Instant) -> anyhow::Result<()> {
     let want: BTreeSet<u64> = (1..=ps.len() as u64).collect();
     let mut last = String::new();
     loop {
@@ -846,6 +856,7 @@ async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path) -> anyhow::Result<Vec<
         loopback(ports[1]),
         None,
         ctx.args.fsync,
+        &[],
     )?;
     let up = wait_berth_healthy(&mut p1, deadline).await?;
     let plural = if n == 1 { "" } else { "s" };
@@ -871,6 +882,7 @@ async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path) -> anyhow::Result<Vec<
             loopback(ports[i + 1]),
             Some(join),
             ctx.args.fsync,
+            &[],
         )?);
     }
     wait_berth_voters(&mut ps, deadline).await?;
@@ -972,6 +984,7 @@ async fn warm_restart(ctx: &mut Ctx, p: &mut Proc) -> anyhow::Result<()> {
         p.peer,
         None,
         ctx.args.fsync,
+        &[],
     )?;
     let deadline = Instant::now() + STARTUP_DEADLINE;
     let up = wait_berth_healthy(&mut q, deadline).await?;

@@ -4,10 +4,12 @@
 mod agentcmd;
 mod awsprofile;
 mod bench;
+mod bench_sched;
 mod bench_tasks;
 mod client;
 mod config;
 mod dev;
+mod simagent;
 
 use std::path::PathBuf;
 use std::sync::Arc;
