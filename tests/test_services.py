@@ -367,3 +367,20 @@ def test_a_daemon_service_runs_one_task_on_every_machine(env):
     on = sorted(instance_ns(env, t["containerInstanceArn"]) for t in service_tasks(env, name))
     assert on == ["berth-h1", "berth-h2"], on
     delete_service(env, name)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_fits_nowhere_is_reported_in_the_service_events(env):
+    name = h.unique("huge")
+    td = env.register({"family": "huge", "containerDefinitions": [
+        h.container_def("web", env.registry.image("1"), memory=10_000_000)]})
+    create_service(env, name, td, 1)
+    prefix = f"(service {name}) was unable to place a task because no container instance met all of its requirements."
+    svc = wait_service(env, name, lambda s: any(e["message"].startswith(prefix) for e in s["events"]), 30,
+                       "the placement failure event")
+    msg = next(e["message"] for e in svc["events"] if e["message"].startswith(prefix))
+    assert "has insufficient memory available." in msg and "(container-instance " in msg, msg
+    assert svc["runningCount"] == 0 and svc["pendingCount"] == 0, svc
+    # the failure is reported once, not every pass
+    assert sum(e["message"] == msg for e in describe_service(env, name)["events"]) == 1
+    delete_service(env, name)
