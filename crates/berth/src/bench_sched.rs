@@ -91,11 +91,12 @@ pub struct SchedBenchArgs {
     /// Then scale every service to 0 and time until every task's STOPPED is committed.
     #[arg(long)]
     pub scale_down: bool,
-    /// Raft heartbeat interval of the servers in ms (default: the servers' own, 100).
-    /// openraft 0.9 also gives every AppendEntries this long, so large entries on a busy
-    /// machine may need more; the election timeout follows at 5x.
-    #[arg(long)]
-    pub raft_heartbeat_ms: Option<u64>,
+    /// Raft heartbeat interval of the servers in ms (0: the servers' default, 100 ms).
+    /// openraft 0.9 gives every AppendEntries just this long; with the servers' default a
+    /// ReconcileService entry of thousands of tasks on a busy 2-core machine times out over
+    /// and over (replication stalls), hence 500 here. The election timeout follows at 5x.
+    #[arg(long, default_value_t = 500)]
+    pub raft_heartbeat_ms: u64,
     /// fsync every Raft log append on the servers.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     pub fsync: bool,
@@ -857,7 +858,8 @@ async fn e2e_part(args: &SchedBenchArgs) -> anyhow::Result<E2eReport> {
             .collect()
     };
     let mut extra: Vec<String> = vec!["--join-token".into(), token.clone()];
-    if let Some(hb) = args.raft_heartbeat_ms {
+    if args.raft_heartbeat_ms > 0 {
+        let hb = args.raft_heartbeat_ms;
         let path = root.join("server.toml");
         std::fs::write(
             &path,
