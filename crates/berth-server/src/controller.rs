@@ -47,6 +47,9 @@ impl Default for ControllerSettings {
     }
 }
 
+/// At most this many tasks are started by one decision (one Raft entry).
+pub const MAX_STARTS_PER_DECISION: usize = 100;
+
 fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -460,9 +463,12 @@ async fn reconcile_one(
     }
     let Decision {
         record: mut next,
-        start,
+        mut start,
         stop,
     } = decision;
+    // Big services start in batches: one Raft entry stays small enough to replicate
+    // within a heartbeat, and the next pass starts the rest.
+    start.truncate(MAX_STARTS_PER_DECISION);
 
     // Stops free their resources for this pass's placements.
     for s in &stop {

@@ -64,9 +64,9 @@ impl NodeConfig {
             raft_advertise: raft_listen.to_string(),
             fsync: true,
             cache_capacity: 32 << 20,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
             snapshot_every: 5000,
             logs_kept_after_snapshot: 1000,
             leader_wait: Duration::from_secs(15),
@@ -125,6 +125,10 @@ impl ServerNode {
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
+            // openraft gives each AppendEntries one heartbeat interval to complete. Fewer
+            // entries per request keep a follower's append (and fsync) within it under
+            // load; a request that always times out would stall replication for good.
+            max_payload_entries: 64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.logs_kept_after_snapshot,
             ..Default::default()

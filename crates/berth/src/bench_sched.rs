@@ -91,11 +91,10 @@ pub struct SchedBenchArgs {
     /// Then scale every service to 0 and time until every task's STOPPED is committed.
     #[arg(long)]
     pub scale_down: bool,
-    /// Raft heartbeat interval of the servers in ms (0: the servers' default, 100 ms).
-    /// openraft 0.9 gives every AppendEntries just this long; with the servers' default a
-    /// ReconcileService entry of thousands of tasks on a busy 2-core machine times out over
-    /// and over (replication stalls), hence 500 here. The election timeout follows at 5x.
-    #[arg(long, default_value_t = 500)]
+    /// Raft heartbeat interval of the servers in ms (0: the servers' default, 250 ms).
+    /// openraft 0.9 gives every AppendEntries just this long. The election timeout
+    /// follows at 5x.
+    #[arg(long, default_value_t = 0)]
     pub raft_heartbeat_ms: u64,
     /// fsync every Raft log append on the servers.
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
