@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod arn;
 pub mod cql;
+pub mod elb;
 pub mod error;
 pub mod paging;
 pub mod service;

@@ -402,6 +402,12 @@ pub struct TaskRecord {
     /// The task definition's `networkMode` (`awsvpc` puts the address in `attachments`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
+    /// Set while the task drains out of its load balancer target groups before it
+    /// stops (ECS's DEACTIVATING): its desired status is already STOPPED, but its agent
+    /// is told to keep it running until the store's `ElbSweep` at or after this time
+    /// clears the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until: Option<f64>,
 }
 
 /// A container instance as the store keeps it: the ECS shape plus what only berth needs.

@@ -659,6 +659,7 @@ pub(crate) fn run_tasks<R: KvRead + ?Sized>(
             reported_seq: 0,
             reserved: nt.reservation.clone(),
             network_mode: nt.network_mode.clone(),
+            drain_until: None,
         };
         put_task(st, cluster, None, &rec)?;
         if !nt.tags.is_empty() {

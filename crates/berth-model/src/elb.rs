@@ -1,0 +1,477 @@
+//! ELBv2 (Application Load Balancer) shapes: load balancers, target groups,
+//! listeners, rules, targets and their health, in the ELBv2 wire names
+//! (PascalCase). The same types are stored (as JSON) and rendered (as XML by the
+//! server's query-protocol front end) and read by the proxy (`berth-lb`).
+//!
+//! Pure: no I/O, no clocks.
+use serde::{Deserialize, Serialize};
+
+/// ALB's default for `deregistration_delay.timeout_seconds`.
+pub const DEFAULT_DEREGISTRATION_DELAY_SECS: u32 = 300;
+
+/// `arn:aws:elasticloadbalancing:{region}:{account}:loadbalancer/app/{name}/{id}`
+pub fn load_balancer_arn(region: &str, account: &str, name: &str, id: &str) -> String {
+    format!("arn:aws:elasticloadbalancing:{region}:{account}:loadbalancer/app/{name}/{id}")
+}
+
+/// `arn:aws:elasticloadbalancing:{region}:{account}:targetgroup/{name}/{id}`
+pub fn target_group_arn(region: &str, account: &str, name: &str, id: &str) -> String {
+    format!("arn:aws:elasticloadbalancing:{region}:{account}:targetgroup/{name}/{id}")
+}
+
+/// `…:listener/app/{lb-name}/{lb-id}/{id}`
+pub fn listener_arn(load_balancer_arn: &str, id: &str) -> String {
+    format!(
+        "{}/{id}",
+        load_balancer_arn.replacen(":loadbalancer/", ":listener/", 1)
+    )
+}
+
+/// `…:listener-rule/app/{lb-name}/{lb-id}/{listener-id}/{id}`
+pub fn rule_arn(listener_arn: &str, id: &str) -> String {
+    format!(
+        "{}/{id}",
+        listener_arn.replacen(":listener/", ":listener-rule/", 1)
+    )
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LoadBalancerState {
+    /// active | provisioning | active_impaired | failed
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AvailabilityZone {
+    pub zone_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+}
+
+/// The `LoadBalancer` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LoadBalancer {
+    pub load_balancer_arn: String,
+    /// `{name}-{id}.{region}.elb.berth.local` (informational; berth serves on the
+    /// addresses of its servers and `berth lb` nodes).
+    #[serde(rename = "DNSName")]
+    pub dns_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_hosted_zone_id: Option<String>,
+    /// Epoch seconds; rendered as ISO 8601 on the wire.
+    pub created_time: f64,
+    pub load_balancer_name: String,
+    /// internet-facing | internal
+    pub scheme: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    pub state: LoadBalancerState,
+    /// application (the only type berth serves)
+    #[serde(rename = "Type")]
+    pub lb_type: String,
+    #[serde(default)]
+    pub availability_zones: Vec<AvailabilityZone>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// ipv4 | dualstack
+    pub ip_address_type: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Matcher {
+    /// "200", "200,202", "200-299"
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_code: Option<String>,
+}
+
+/// The `TargetGroup` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetGroup {
+    pub target_group_arn: String,
+    pub target_group_name: String,
+    /// HTTP (berth proxies HTTP only)
+    pub protocol: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    pub health_check_protocol: String,
+    /// a port number or `traffic-port`
+    pub health_check_port: String,
+    pub health_check_enabled: bool,
+    pub health_check_interval_seconds: u32,
+    pub health_check_timeout_seconds: u32,
+    pub healthy_threshold_count: u32,
+    pub unhealthy_threshold_count: u32,
+    pub health_check_path: String,
+    pub matcher: Matcher,
+    #[serde(default)]
+    pub load_balancer_arns: Vec<String>,
+    /// instance | ip
+    pub target_type: String,
+    /// HTTP1 | HTTP2 | GRPC
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    /// ipv4 | ipv6
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address_type: Option<String>,
+}
+
+/// `{Key, Value}` of target group (and load balancer) attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Attribute {
+    pub key: String,
+    pub value: String,
+}
+
+/// The target group attributes berth acts on, parsed from the stored key/value list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetGroupSettings {
+    pub deregistration_delay_secs: u32,
+    /// `round_robin` | `least_outstanding_requests`
+    pub algorithm: String,
+    pub slow_start_secs: u32,
+}
+
+impl Default for TargetGroupSettings {
+    fn default() -> Self {
+        TargetGroupSettings {
+            deregistration_delay_secs: DEFAULT_DEREGISTRATION_DELAY_SECS,
+            algorithm: "round_robin".into(),
+            slow_start_secs: 0,
+        }
+    }
+}
+
+impl TargetGroupSettings {
+    /// Reads the attributes berth understands; unknown or unparsable ones keep defaults
+    /// (the API validates values before they are stored).
+    pub fn from_attributes(attrs: &[Attribute]) -> Self {
+        let mut s = TargetGroupSettings::default();
+        for a in attrs {
+            match a.key.as_str() {
+                "deregistration_delay.timeout_seconds" => {
+                    if let Ok(v) = a.value.parse() {
+                        s.deregistration_delay_secs = v;
+                    }
+                }
+                "load_balancing.algorithm.type" => s.algorithm = a.value.clone(),
+                "slow_start.duration_seconds" => {
+                    if let Ok(v) = a.value.parse() {
+                        s.slow_start_secs = v;
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// A target group as stored: the wire shape plus its attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetGroupRecord {
+    pub target_group: TargetGroup,
+    /// Every attribute with its current value (defaults filled in at creation).
+    pub attributes: Vec<Attribute>,
+}
+
+impl TargetGroupRecord {
+    pub fn settings(&self) -> TargetGroupSettings {
+        TargetGroupSettings::from_attributes(&self.attributes)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Values {
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HttpHeaderConfig {
+    pub http_header_name: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryStringKeyValue {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct QueryStringConfig {
+    #[serde(default)]
+    pub values: Vec<QueryStringKeyValue>,
+}
+
+/// `RuleCondition`. The API normalises legacy `Values` into the matching `*Config`
+/// (path-pattern, host-header) and keeps both, as ELBv2 echoes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RuleCondition {
+    /// path-pattern | host-header | http-header | query-string | http-request-method | source-ip
+    pub field: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_header_config: Option<Values>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_pattern_config: Option<Values>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_header_config: Option<HttpHeaderConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_string_config: Option<QueryStringConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_request_method_config: Option<Values>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ip_config: Option<Values>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetGroupTuple {
+    pub target_group_arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetGroupStickinessConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ForwardActionConfig {
+    #[serde(default)]
+    pub target_groups: Vec<TargetGroupTuple>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_group_stickiness_config: Option<TargetGroupStickinessConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FixedResponseActionConfig {
+    /// "200", "404", "503" …
+    pub status_code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RedirectActionConfig {
+    /// HTTP_301 | HTTP_302
+    pub status_code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// `Action`. For `forward` the API always fills `ForwardConfig` (a lone
+/// `TargetGroupArn` becomes one tuple of weight 1) and keeps `TargetGroupArn` when
+/// there is exactly one target group, as ELBv2 echoes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Action {
+    /// forward | fixed-response | redirect
+    #[serde(rename = "Type")]
+    pub action_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_group_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_config: Option<ForwardActionConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_response_config: Option<FixedResponseActionConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_config: Option<RedirectActionConfig>,
+}
+
+impl Action {
+    /// The weighted target groups of a forward action (empty for other types).
+    pub fn forward_targets(&self) -> Vec<(String, u32)> {
+        if self.action_type != "forward" {
+            return vec![];
+        }
+        if let Some(fc) = &self.forward_config {
+            if !fc.target_groups.is_empty() {
+                return fc
+                    .target_groups
+                    .iter()
+                    .map(|t| (t.target_group_arn.clone(), t.weight.unwrap_or(1)))
+                    .collect();
+            }
+        }
+        self.target_group_arn
+            .iter()
+            .map(|a| (a.clone(), 1))
+            .collect()
+    }
+}
+
+/// The `Listener` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Listener {
+    pub listener_arn: String,
+    pub load_balancer_arn: String,
+    pub port: u16,
+    /// HTTP (HTTPS is refused: berth has no certificate store yet)
+    pub protocol: String,
+    #[serde(default)]
+    pub default_actions: Vec<Action>,
+}
+
+/// The `Rule` shape. `Priority` is a string on the wire: "1".."50000" or "default".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Rule {
+    pub rule_arn: String,
+    pub priority: String,
+    #[serde(default)]
+    pub conditions: Vec<RuleCondition>,
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    pub is_default: bool,
+}
+
+/// A stored rule: the wire shape plus the listener it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleRecord {
+    pub listener_arn: String,
+    pub rule: Rule,
+}
+
+/// `TargetDescription`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetDescription {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+}
+
+/// `TargetHealth`: State is initial | healthy | unhealthy | unused | draining |
+/// unavailable; Reason is one of ALB's codes (`Elb.RegistrationInProgress`,
+/// `Elb.InitialHealthChecking`, `Target.ResponseCodeMismatch`, `Target.Timeout`,
+/// `Target.FailedHealthChecks`, `Target.NotRegistered`, `Target.NotInUse`,
+/// `Target.DeregistrationInProgress`, `Target.HealthCheckDisabled`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetHealth {
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl TargetHealth {
+    pub fn new(state: &str, reason: Option<&str>, description: Option<&str>) -> Self {
+        TargetHealth {
+            state: state.into(),
+            reason: reason.map(Into::into),
+            description: description.map(Into::into),
+        }
+    }
+    /// A freshly registered target.
+    pub fn initial() -> Self {
+        TargetHealth::new(
+            "initial",
+            Some("Elb.RegistrationInProgress"),
+            Some("Target registration is in progress"),
+        )
+    }
+    pub fn healthy() -> Self {
+        TargetHealth::new("healthy", None, None)
+    }
+    pub fn draining() -> Self {
+        TargetHealth::new(
+            "draining",
+            Some("Target.DeregistrationInProgress"),
+            Some("Target deregistration is in progress"),
+        )
+    }
+}
+
+/// The task a target was registered for by a service (ECS's wiring).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetTask {
+    pub cluster: String,
+    pub task_id: String,
+    pub service_name: String,
+}
+
+/// One registered target of a target group, as stored. Key: (target group ARN, id, port).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRecord {
+    pub target_group_arn: String,
+    /// Instance id (`instance` target type; for berth: the container instance id) or IP.
+    pub id: String,
+    pub port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// The IP address the load balancer connects to (an instance's host IP, or `id`
+    /// itself for `ip` targets). Resolved when the target is registered.
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<TargetTask>,
+    pub registered_at: f64,
+    /// Set when deregistered: the target drains (no new requests) until then and is
+    /// removed after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_until: Option<f64>,
+    /// As last reported by the leader's health checker (or `initial`/`draining`).
+    pub health: TargetHealth,
+}
+
+impl TargetRecord {
+    pub fn draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+    pub fn description(&self) -> TargetDescription {
+        TargetDescription {
+            id: self.id.clone(),
+            port: Some(self.port),
+            availability_zone: self.availability_zone.clone(),
+        }
+    }
+}
