@@ -53,7 +53,7 @@ pub struct AvailabilityZone {
 }
 
 /// The `LoadBalancer` shape.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct LoadBalancer {
     pub load_balancer_arn: String,
@@ -440,7 +440,7 @@ pub struct TargetTask {
 }
 
 /// One registered target of a target group, as stored. Key: (target group ARN, id, port).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRecord {
     pub target_group_arn: String,
