@@ -55,6 +55,9 @@ pub enum BenchCmd {
     /// a naive sort-per-task, then services placed, committed through Raft on 3 servers and
     /// run by simulated agents speaking the real agent protocol.
     Scheduler(crate::bench_sched::SchedBenchArgs),
+    /// The built-in load balancer under wrk against nginx and HAProxy (same backends,
+    /// same worker count), and how fast targets join and leave.
+    Lb(crate::bench_lb::LbBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -108,6 +111,7 @@ pub async fn run(what: BenchCmd) -> anyhow::Result<()> {
     match what {
         BenchCmd::Tasks(args) => crate::bench_tasks::run(args).await,
         BenchCmd::Scheduler(args) => crate::bench_sched::run(args).await,
+        BenchCmd::Lb(args) => crate::bench_lb::run(args).await,
         BenchCmd::Api(args) => {
             let secs = args.deadline_secs;
             // Dropping `api(..)` (deadline or ctrl-c) kills every child

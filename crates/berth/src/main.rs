@@ -4,6 +4,7 @@
 mod agentcmd;
 mod awsprofile;
 mod bench;
+mod bench_lb;
 mod bench_sched;
 mod bench_tasks;
 mod client;
