@@ -475,3 +475,71 @@ impl TargetRecord {
         }
     }
 }
+
+/// ModifyTargetGroup's changes: each `Some` replaces the stored value (the API has
+/// validated the values and their combination).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TargetGroupPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_port: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_interval_seconds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_timeout_seconds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matcher: Option<Matcher>,
+}
+
+impl TargetGroupPatch {
+    /// Applies the patch to `tg`.
+    pub fn apply_to(&self, tg: &mut TargetGroup) {
+        if let Some(v) = &self.health_check_protocol {
+            tg.health_check_protocol = v.clone();
+        }
+        if let Some(v) = &self.health_check_port {
+            tg.health_check_port = v.clone();
+        }
+        if let Some(v) = &self.health_check_path {
+            tg.health_check_path = v.clone();
+        }
+        if let Some(v) = self.health_check_enabled {
+            tg.health_check_enabled = v;
+        }
+        if let Some(v) = self.health_check_interval_seconds {
+            tg.health_check_interval_seconds = v;
+        }
+        if let Some(v) = self.health_check_timeout_seconds {
+            tg.health_check_timeout_seconds = v;
+        }
+        if let Some(v) = self.healthy_threshold_count {
+            tg.healthy_threshold_count = v;
+        }
+        if let Some(v) = self.unhealthy_threshold_count {
+            tg.unhealthy_threshold_count = v;
+        }
+        if let Some(v) = &self.matcher {
+            tg.matcher = v.clone();
+        }
+    }
+}
+
+/// A health verdict from the leader's health checker for one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetHealthUpdate {
+    pub target_group_arn: String,
+    pub id: String,
+    pub port: u16,
+    pub health: TargetHealth,
+}

@@ -1,4 +1,4 @@
-//! API errors, one variant per ECS `__type`.
+//! API errors, one variant per ECS `__type` (and per ELBv2 error `Code`).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,26 @@ pub enum ErrorKind {
     AttributeLimitExceededException,
     ServiceNotFoundException,
     ServiceNotActiveException,
+    // ELBv2 (query protocol) error codes; the variant name is the wire `Code`.
+    LoadBalancerNotFound,
+    TargetGroupNotFound,
+    ListenerNotFound,
+    RuleNotFound,
+    DuplicateLoadBalancerName,
+    DuplicateTargetGroupName,
+    DuplicateListener,
+    PriorityInUse,
+    ResourceInUse,
+    ValidationError,
+    InvalidTarget,
+    InvalidConfigurationRequest,
+    OperationNotPermitted,
+    TooManyRules,
+    TooManyTargets,
+    TargetGroupAssociationLimit,
+    IncompatibleProtocols,
+    UnsupportedProtocol,
+    InvalidLoadBalancerAction,
 }
 
 impl ErrorKind {
@@ -58,6 +78,25 @@ impl ErrorKind {
             ErrorKind::AttributeLimitExceededException => "AttributeLimitExceededException",
             ErrorKind::ServiceNotFoundException => "ServiceNotFoundException",
             ErrorKind::ServiceNotActiveException => "ServiceNotActiveException",
+            ErrorKind::LoadBalancerNotFound => "LoadBalancerNotFound",
+            ErrorKind::TargetGroupNotFound => "TargetGroupNotFound",
+            ErrorKind::ListenerNotFound => "ListenerNotFound",
+            ErrorKind::RuleNotFound => "RuleNotFound",
+            ErrorKind::DuplicateLoadBalancerName => "DuplicateLoadBalancerName",
+            ErrorKind::DuplicateTargetGroupName => "DuplicateTargetGroupName",
+            ErrorKind::DuplicateListener => "DuplicateListener",
+            ErrorKind::PriorityInUse => "PriorityInUse",
+            ErrorKind::ResourceInUse => "ResourceInUse",
+            ErrorKind::ValidationError => "ValidationError",
+            ErrorKind::InvalidTarget => "InvalidTarget",
+            ErrorKind::InvalidConfigurationRequest => "InvalidConfigurationRequest",
+            ErrorKind::OperationNotPermitted => "OperationNotPermitted",
+            ErrorKind::TooManyRules => "TooManyRules",
+            ErrorKind::TooManyTargets => "TooManyTargets",
+            ErrorKind::TargetGroupAssociationLimit => "TargetGroupAssociationLimit",
+            ErrorKind::IncompatibleProtocols => "IncompatibleProtocols",
+            ErrorKind::UnsupportedProtocol => "UnsupportedProtocol",
+            ErrorKind::InvalidLoadBalancerAction => "InvalidLoadBalancerAction",
         }
     }
 
@@ -136,6 +175,11 @@ impl ApiError {
         Self::new(ErrorKind::SerializationException, message)
     }
 
+    /// An ELBv2 error (`kind` is one of the ELBv2 codes).
+    pub fn elb(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::new(kind, message)
+    }
+
     /// HTTP status for this error.
     pub fn http_status(&self) -> u16 {
         self.kind.http_status()
@@ -183,6 +227,25 @@ mod tests {
             ErrorKind::AttributeLimitExceededException,
             ErrorKind::ServiceNotFoundException,
             ErrorKind::ServiceNotActiveException,
+            ErrorKind::LoadBalancerNotFound,
+            ErrorKind::TargetGroupNotFound,
+            ErrorKind::ListenerNotFound,
+            ErrorKind::RuleNotFound,
+            ErrorKind::DuplicateLoadBalancerName,
+            ErrorKind::DuplicateTargetGroupName,
+            ErrorKind::DuplicateListener,
+            ErrorKind::PriorityInUse,
+            ErrorKind::ResourceInUse,
+            ErrorKind::ValidationError,
+            ErrorKind::InvalidTarget,
+            ErrorKind::InvalidConfigurationRequest,
+            ErrorKind::OperationNotPermitted,
+            ErrorKind::TooManyRules,
+            ErrorKind::TooManyTargets,
+            ErrorKind::TargetGroupAssociationLimit,
+            ErrorKind::IncompatibleProtocols,
+            ErrorKind::UnsupportedProtocol,
+            ErrorKind::InvalidLoadBalancerAction,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

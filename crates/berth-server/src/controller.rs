@@ -178,7 +178,10 @@ fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
                 Change::Service { cluster, name } => {
                     state.dirty.insert((cluster, name));
                 }
-                Change::Membership | Change::TaskDefinition { .. } | Change::Tags { .. } => {}
+                Change::Membership
+                | Change::TaskDefinition { .. }
+                | Change::Tags { .. }
+                | Change::Elb => {}
             }
         }
     }

@@ -10,6 +10,10 @@ use berth_model::{
     Failure, Reservation, ServiceRecord, Tag, Task, TaskDefinition, TaskDefinitionSpec,
     TaskOverride,
 };
+use berth_model::elb::{
+    Action, Attribute as ElbAttribute, Listener, LoadBalancer, Rule, RuleCondition, RuleRecord,
+    TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealthUpdate,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
@@ -253,6 +257,81 @@ pub enum Command {
         stops: Vec<TaskStop>,
         at: f64,
     },
+    // ------------------------------------------------------------------ ELBv2
+    /// A new load balancer, fully built by the API. The same name with the same
+    /// settings answers with the existing one; otherwise `DuplicateLoadBalancerName`.
+    #[serde(rename_all = "camelCase")]
+    CreateLoadBalancer {
+        load_balancer: LoadBalancer,
+        tags: Vec<Tag>,
+    },
+    /// Deletes a load balancer with its listeners and their rules (unknown ARN: Ok).
+    #[serde(rename_all = "camelCase")]
+    DeleteLoadBalancer { arn: String },
+    #[serde(rename_all = "camelCase")]
+    CreateTargetGroup {
+        record: TargetGroupRecord,
+        tags: Vec<Tag>,
+    },
+    #[serde(rename_all = "camelCase")]
+    ModifyTargetGroup {
+        arn: String,
+        patch: TargetGroupPatch,
+    },
+    /// Merges attributes by key.
+    #[serde(rename_all = "camelCase")]
+    ModifyTargetGroupAttributes {
+        arn: String,
+        attributes: Vec<ElbAttribute>,
+    },
+    /// Refused (`ResourceInUse`) while a listener or rule forwards to it; removes its targets.
+    #[serde(rename_all = "camelCase")]
+    DeleteTargetGroup { arn: String },
+    /// Creates the listener and its default rule.
+    #[serde(rename_all = "camelCase")]
+    CreateListener { listener: Listener, tags: Vec<Tag> },
+    #[serde(rename_all = "camelCase")]
+    ModifyListener {
+        arn: String,
+        port: Option<u16>,
+        protocol: Option<String>,
+        default_actions: Option<Vec<Action>>,
+    },
+    #[serde(rename_all = "camelCase")]
+    DeleteListener { arn: String },
+    #[serde(rename_all = "camelCase")]
+    CreateRule { record: RuleRecord, tags: Vec<Tag> },
+    #[serde(rename_all = "camelCase")]
+    ModifyRule {
+        arn: String,
+        conditions: Option<Vec<RuleCondition>>,
+        actions: Option<Vec<Action>>,
+    },
+    /// All or nothing.
+    #[serde(rename_all = "camelCase")]
+    SetRulePriorities { priorities: Vec<(String, u32)> },
+    #[serde(rename_all = "camelCase")]
+    DeleteRule { arn: String },
+    #[serde(rename_all = "camelCase")]
+    RegisterTargets {
+        target_group_arn: String,
+        targets: Vec<TargetDescription>,
+        at: f64,
+    },
+    /// Registered targets start draining (removed at once with a deregistration delay of 0).
+    #[serde(rename_all = "camelCase")]
+    DeregisterTargets {
+        target_group_arn: String,
+        targets: Vec<TargetDescription>,
+        at: f64,
+    },
+    /// Health transitions from the leader's health checker (unknown or draining
+    /// targets are ignored).
+    #[serde(rename_all = "camelCase")]
+    SetTargetHealth { updates: Vec<TargetHealthUpdate> },
+    /// Removes targets whose draining ended and clears tasks' `drainUntil` at or before `at`.
+    #[serde(rename_all = "camelCase")]
+    ElbSweep { at: f64 },
 }
 
 /// One task to create, fully decided by the API layer (id, placement, containers).
@@ -308,6 +387,23 @@ impl Command {
             Command::CreateService { .. } => "CreateService",
             Command::PutService { .. } => "PutService",
             Command::ReconcileService { .. } => "ReconcileService",
+            Command::CreateLoadBalancer { .. } => "CreateLoadBalancer",
+            Command::DeleteLoadBalancer { .. } => "DeleteLoadBalancer",
+            Command::CreateTargetGroup { .. } => "CreateTargetGroup",
+            Command::ModifyTargetGroup { .. } => "ModifyTargetGroup",
+            Command::ModifyTargetGroupAttributes { .. } => "ModifyTargetGroupAttributes",
+            Command::DeleteTargetGroup { .. } => "DeleteTargetGroup",
+            Command::CreateListener { .. } => "CreateListener",
+            Command::ModifyListener { .. } => "ModifyListener",
+            Command::DeleteListener { .. } => "DeleteListener",
+            Command::CreateRule { .. } => "CreateRule",
+            Command::ModifyRule { .. } => "ModifyRule",
+            Command::SetRulePriorities { .. } => "SetRulePriorities",
+            Command::DeleteRule { .. } => "DeleteRule",
+            Command::RegisterTargets { .. } => "RegisterTargets",
+            Command::DeregisterTargets { .. } => "DeregisterTargets",
+            Command::SetTargetHealth { .. } => "SetTargetHealth",
+            Command::ElbSweep { .. } => "ElbSweep",
         }
     }
 }
@@ -362,6 +458,23 @@ pub enum Response {
         tasks: Vec<Task>,
         failures: Vec<Failure>,
     },
+    #[serde(rename_all = "camelCase")]
+    LoadBalancer {
+        load_balancer: Box<LoadBalancer>,
+    },
+    /// A target group with its attributes (`LoadBalancerArns` filled in).
+    TargetGroup {
+        record: Box<TargetGroupRecord>,
+    },
+    Listener {
+        listener: Box<Listener>,
+    },
+    Rule {
+        rule: Box<Rule>,
+    },
+    Rules {
+        rules: Vec<Rule>,
+    },
     /// A deterministic refusal: nothing was written.
     Error {
         error: ApiError,
@@ -398,6 +511,8 @@ pub enum Change {
         cluster: String,
         name: String,
     },
+    /// Any ELBv2 object (load balancer, listener, rule, target group, target) changed.
+    Elb,
 }
 
 /// Family bookkeeping that outlives every revision: revisions are never reused.
@@ -876,6 +991,23 @@ pub fn apply<R: KvRead + ?Sized>(
             stops,
             *at,
         ),
+        Command::CreateLoadBalancer { .. }
+        | Command::DeleteLoadBalancer { .. }
+        | Command::CreateTargetGroup { .. }
+        | Command::ModifyTargetGroup { .. }
+        | Command::ModifyTargetGroupAttributes { .. }
+        | Command::DeleteTargetGroup { .. }
+        | Command::CreateListener { .. }
+        | Command::ModifyListener { .. }
+        | Command::DeleteListener { .. }
+        | Command::CreateRule { .. }
+        | Command::ModifyRule { .. }
+        | Command::SetRulePriorities { .. }
+        | Command::DeleteRule { .. }
+        | Command::RegisterTargets { .. }
+        | Command::DeregisterTargets { .. }
+        | Command::SetTargetHealth { .. }
+        | Command::ElbSweep { .. } => crate::elb::apply(st, cmd),
     }
 }
 

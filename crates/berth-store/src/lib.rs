@@ -9,6 +9,7 @@
 //! * [`StateReader`]: consistent reads of applied state, and a revision watch.
 
 pub mod command;
+pub mod elb;
 pub mod keys;
 pub mod log_store;
 pub mod services;
