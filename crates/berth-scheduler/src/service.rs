@@ -34,6 +34,27 @@ pub struct TaskInfo {
     pub stopped_at: Option<f64>,
     pub stop_code: Option<String>,
     pub stopped_reason: Option<String>,
+    /// The load balancer's view, for a service with `loadBalancers` (`None` otherwise).
+    pub lb: Option<LbInfo>,
+}
+
+/// A task's targets in its service's target groups, as the load balancer sees them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LbInfo {
+    /// Registered in every target group of the service and healthy in each.
+    pub healthy: bool,
+    /// A target of the task found unhealthy by the load balancer.
+    pub unhealthy: Option<LbUnhealthy>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LbUnhealthy {
+    pub target_group_arn: String,
+    /// The target's id (the container instance id, or the task IP) and port.
+    pub target_id: String,
+    pub port: u16,
+    /// ALB's description, e.g. `Health checks failed with these codes: [503]`.
+    pub description: String,
 }
 
 /// One container instance as the reconciler sees it.
@@ -236,6 +257,22 @@ fn phase(t: &TaskInfo, grace: f64, now: f64, cfg: &Config) -> Phase {
         return Phase::Pending;
     }
     let since = t.started_at.unwrap_or(t.created_at);
+    if let Some(lb) = &t.lb {
+        // Behind a load balancer: healthy when its targets are (and its container
+        // health check, if it has one); failing either past the grace period replaces it.
+        let past_grace = since + grace <= now;
+        if past_grace
+            && (lb.unhealthy.is_some() || (t.has_health_check && t.health_status == "UNHEALTHY"))
+        {
+            return Phase::Unhealthy;
+        }
+        let container_ok = !t.has_health_check || t.health_status == "HEALTHY";
+        return if lb.healthy && container_ok {
+            Phase::Healthy
+        } else {
+            Phase::Starting
+        };
+    }
     if t.has_health_check {
         match t.health_status.as_str() {
             "HEALTHY" => Phase::Healthy,
@@ -907,21 +944,31 @@ pub fn reconcile(input: &Input<'_>) -> Decision {
             continue;
         }
         let t = live[*i].task;
+        let lb_unhealthy = t.lb.as_ref().and_then(|l| l.unhealthy.as_ref());
         let reason = match why {
             Why::Scaling => scaling.clone(),
-            Why::Unhealthy => UNHEALTHY_REASON.to_string(),
+            Why::Unhealthy => match lb_unhealthy {
+                Some(u) => format!(
+                    "Task failed ELB health checks in (target-group {})",
+                    u.target_group_arn
+                ),
+                None => UNHEALTHY_REASON.to_string(),
+            },
             Why::Moving(r) => r.clone(),
             Why::Deleting => DELETING_REASON.to_string(),
         };
         if *why == Why::Unhealthy {
-            push_event(
-                &mut rec,
-                format!(
+            let event = match lb_unhealthy {
+                Some(u) => format!(
+                    "(service {name}) (instance {}) (port {}) is unhealthy in (target-group {}) due to (reason {}).",
+                    u.target_id, u.port, u.target_group_arn, u.description
+                ),
+                None => format!(
                     "(service {name}) (task {}) failed container health checks.",
                     short_id(&t.id)
                 ),
-                now,
-            );
+            };
+            push_event(&mut rec, event, now);
             count_failure(&mut rec, &t.deployment_id, &healthy_deps);
         }
         stops.push(Stop {

@@ -1595,3 +1595,71 @@ proptest! {
         prop_assert!(!sim.messages().contains(&STUCK.to_string()));
     }
 }
+
+// ------------------------------------------------------------ load balancer health
+
+const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:000000000000:targetgroup/web/0123456789abcdef";
+
+#[test]
+fn behind_a_load_balancer_a_task_is_healthy_only_when_its_targets_are() {
+    // The new task runs for longer than the 40 s rule, but its target is still
+    // `initial`: the rollout must wait (ECS waits for the target to be healthy).
+    let mut sim = Sim::steady_replica(1, 100, 200);
+    let dep = sim.deploy("web:2");
+    let gate = |sim: &mut Sim, healthy: bool| {
+        for t in &mut sim.tasks {
+            t.lb = Some(LbInfo {
+                healthy: healthy || t.deployment_id != dep,
+                unhealthy: None,
+            });
+        }
+    };
+    for _ in 0..20 {
+        sim.step();
+        gate(&mut sim, false);
+    }
+    assert_eq!(sim.live_of(&dep), 1);
+    assert_ne!(sim.primary().rollout_state, "COMPLETED");
+    assert_eq!(sim.live().len(), 2, "the old task must keep serving");
+    gate(&mut sim, true);
+    sim.run_until_steady(20);
+    assert_eq!(sim.live().len(), 1);
+}
+
+#[test]
+fn a_task_failing_elb_health_checks_is_replaced_after_the_grace_period() {
+    // 0/100: no room for a replacement first, so the failing task is stopped at once.
+    let mut sim = Sim::steady_replica(2, 0, 100);
+    sim.update(|r| r.service.health_check_grace_period_seconds = 60);
+    let victim = sim.live()[0].id.clone();
+    let started = sim.now - 10.0;
+    for t in &mut sim.tasks {
+        if t.last_status == "RUNNING" {
+            t.lb = Some(LbInfo {
+                healthy: t.id != victim,
+                unhealthy: (t.id == victim).then(|| LbUnhealthy {
+                    target_group_arn: TG.into(),
+                    target_id: "i-1".into(),
+                    port: 49153,
+                    description: "Health checks failed with these codes: [503]".into(),
+                }),
+            });
+            t.started_at = Some(started);
+        }
+    }
+    // Within the grace period: nothing stops.
+    let d = sim.decide();
+    assert!(d.stop.is_empty(), "{:?}", d.stop);
+    // Past it: the task stops with ECS's reason and event.
+    for t in &mut sim.tasks {
+        t.started_at = Some(sim.now - 120.0);
+    }
+    let d = sim.decide();
+    let stop = d.stop.iter().find(|s| s.task_id == victim).expect("victim stopped");
+    assert_eq!(
+        stop.reason,
+        format!("Task failed ELB health checks in (target-group {TG})")
+    );
+    assert!(d.record.service.events.iter().any(|e| e.message
+        == format!("(service web) (instance i-1) (port 49153) is unhealthy in (target-group {TG}) due to (reason Health checks failed with these codes: [503]).")));
+}
