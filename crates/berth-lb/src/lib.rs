@@ -9,12 +9,25 @@
 //! public names and signatures.
 #![forbid(unsafe_code)]
 
+pub mod balancer;
+pub mod health;
+pub mod matching;
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::elb::{Rule, TargetGroupRecord, TargetHealth};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::balancer::{Algorithm, GroupTable, ListenerTable, TargetState, ROUTE_HEALTHY};
+use crate::health::{health_check_disabled, CheckSpec, HealthHub, HealthMachine};
+use crate::proxy::{ListenerShared, Timeouts};
 
 /// Everything the proxy needs, built whole from the replicated state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -88,14 +101,75 @@ pub struct ListenerError {
     pub message: String,
 }
 
+/// Per-target counters, for `berth` to report and for benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetStats {
+    /// Requests whose response (body included) or upgraded connection is still open.
+    pub in_flight: usize,
+    /// Requests that got a response from the target.
+    pub requests: u64,
+    /// Idle keep-alive connections pooled to the target.
+    pub idle_connections: usize,
+}
+
+struct ListenerHandle {
+    port: u16,
+    local: SocketAddr,
+    shared: Arc<ListenerShared>,
+    /// Tells the listener's connections to finish what is in flight and close.
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    fn close(self) {
+        // Aborting the accept task drops the socket: no new connections from now on.
+        self.accept.abort();
+        let _ = self.stop.send(true);
+    }
+}
+
+struct Checker {
+    spec: CheckSpec,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ApplyState {
+    listeners: HashMap<String, ListenerHandle>,
+    targets: HashMap<TargetKey, Arc<TargetState>>,
+    cursors: HashMap<String, Arc<AtomicUsize>>,
+    checkers: HashMap<TargetKey, Checker>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
 /// The load balancer node. Cheap to share (`Arc`).
 pub struct Lb {
-    _opts: LbOptions,
+    opts: LbOptions,
+    hub: Arc<HealthHub>,
+    state: tokio::sync::Mutex<ApplyState>,
+    /// Snapshots for the synchronous readers (`listening`, `stats`).
+    listening: std::sync::Mutex<HashMap<String, SocketAddr>>,
+    targets: Arc<std::sync::Mutex<HashMap<TargetKey, Arc<TargetState>>>>,
 }
 
 impl Lb {
     pub fn new(opts: LbOptions) -> Arc<Lb> {
-        Arc::new(Lb { _opts: opts })
+        Arc::new(Lb {
+            opts,
+            hub: Arc::new(HealthHub::new()),
+            state: tokio::sync::Mutex::new(ApplyState::default()),
+            listening: Default::default(),
+            targets: Default::default(),
+        })
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle: self.opts.idle_timeout,
+            request: self.opts.request_timeout,
+            connect: self.opts.connect_timeout,
+        }
     }
 
     /// Replace the whole routing configuration: opens listeners that are new, closes
@@ -103,20 +177,281 @@ impl Lb {
     /// stops health checkers (a target keeps its health state across calls while it
     /// stays in its group). Returns the listeners that could not be opened; they are
     /// retried on the next call.
-    pub async fn apply(&self, _cfg: RoutingConfig) -> Vec<ListenerError> {
-        unimplemented!("berth-lb: apply")
+    pub async fn apply(&self, cfg: RoutingConfig) -> Vec<ListenerError> {
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+
+        // 1. Targets: reuse the state of every target that stays (same key and address).
+        let mut targets: HashMap<TargetKey, Arc<TargetState>> = HashMap::new();
+        let mut groups: HashMap<String, Arc<GroupTable>> = HashMap::new();
+        let mut cursors = HashMap::new();
+        for (arn, tg) in &cfg.target_groups {
+            let mut members = Vec::with_capacity(tg.targets.len());
+            for t in &tg.targets {
+                let key: TargetKey = (arn.clone(), t.id.clone(), t.port);
+                if let Some(existing) = targets.get(&key) {
+                    // Listed twice: keep one.
+                    let _ = existing;
+                    continue;
+                }
+                let state = match st.targets.get(&key) {
+                    Some(s) if s.addr == t.addr => s.clone(),
+                    _ => {
+                        let route = if self.opts.health_checks {
+                            balancer::ROUTE_INITIAL
+                        } else {
+                            ROUTE_HEALTHY
+                        };
+                        TargetState::new(key.clone(), t.addr, route)
+                    }
+                };
+                let was_draining = state.draining.swap(t.draining, Ordering::Relaxed);
+                if was_draining && !t.draining {
+                    // Registered again after a deregistration: health starts over.
+                    *state.hc.lock().unwrap_or_else(|e| e.into_inner()) = HealthMachine::new();
+                    if self.opts.health_checks {
+                        state
+                            .route
+                            .store(balancer::ROUTE_INITIAL, Ordering::Relaxed);
+                    }
+                }
+                members.push(state.clone());
+                targets.insert(key, state);
+            }
+            let cursor = st.cursors.get(arn).cloned().unwrap_or_default();
+            cursors.insert(arn.clone(), cursor.clone());
+            groups.insert(
+                arn.clone(),
+                Arc::new(GroupTable {
+                    arn: arn.clone(),
+                    algorithm: Algorithm::parse(&tg.record.settings().algorithm),
+                    targets: members,
+                    cursor,
+                }),
+            );
+        }
+
+        // 2. Health checkers.
+        for key in st.targets.keys() {
+            if !targets.contains_key(key) {
+                if let Some(c) = st.checkers.remove(key) {
+                    c.task.abort();
+                }
+                self.hub.remove(key);
+            }
+        }
+        if self.opts.health_checks {
+            for (arn, tg) in &cfg.target_groups {
+                for t in &tg.targets {
+                    let key: TargetKey = (arn.clone(), t.id.clone(), t.port);
+                    let Some(state) = targets.get(&key) else {
+                        continue;
+                    };
+                    let spec = CheckSpec::from_group(&tg.record.target_group, state.addr);
+                    match (state.is_draining(), spec) {
+                        (true, _) => {
+                            if let Some(c) = st.checkers.remove(&key) {
+                                c.task.abort();
+                            }
+                            self.hub.set(&key, &TargetHealth::draining());
+                        }
+                        (false, None) => {
+                            if let Some(c) = st.checkers.remove(&key) {
+                                c.task.abort();
+                            }
+                            state.route.store(ROUTE_HEALTHY, Ordering::Relaxed);
+                            self.hub.set(&key, &health_check_disabled());
+                        }
+                        (false, Some(spec)) => {
+                            let keep = st
+                                .checkers
+                                .get(&key)
+                                .is_some_and(|c| c.spec == spec && !c.task.is_finished());
+                            if !keep {
+                                if let Some(c) = st.checkers.remove(&key) {
+                                    c.task.abort();
+                                }
+                                {
+                                    let m = state.hc.lock().unwrap_or_else(|e| e.into_inner());
+                                    state.route.store(m.route_class(), Ordering::Relaxed);
+                                    self.hub.set(&key, &m.health);
+                                }
+                                let task = tokio::spawn(health::run_checker(
+                                    state.clone(),
+                                    spec.clone(),
+                                    self.hub.clone(),
+                                ));
+                                st.checkers.insert(key.clone(), Checker { spec, task });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        st.targets = targets;
+        st.cursors = cursors;
+
+        // 3. Listeners: close removed (or moved) ones first so their ports can be reused.
+        let wanted: HashMap<&str, &ListenerConfig> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.listener_arn.as_str(), l))
+            .collect();
+        let gone: Vec<String> = st
+            .listeners
+            .iter()
+            .filter(|(arn, h)| wanted.get(arn.as_str()).map_or(true, |l| l.port != h.port))
+            .map(|(arn, _)| arn.clone())
+            .collect();
+        for arn in gone {
+            if let Some(h) = st.listeners.remove(&arn) {
+                h.close();
+            }
+        }
+        let mut errors = vec![];
+        for l in &cfg.listeners {
+            let table = ListenerTable::build(&l.rules, &groups);
+            if let Some(h) = st.listeners.get(&l.listener_arn) {
+                h.shared.swap(table);
+                continue;
+            }
+            match TcpListener::bind(SocketAddr::new(self.opts.bind, l.port)).await {
+                Ok(sock) => {
+                    let local = sock
+                        .local_addr()
+                        .unwrap_or(SocketAddr::new(self.opts.bind, l.port));
+                    let shared =
+                        Arc::new(ListenerShared::new(local.port(), table, self.timeouts()));
+                    let (stop, stop_rx) = watch::channel(false);
+                    let accept = tokio::spawn(proxy::accept_loop(sock, shared.clone(), stop_rx));
+                    tracing::info!(listener = %l.listener_arn, %local, "listener open");
+                    st.listeners.insert(
+                        l.listener_arn.clone(),
+                        ListenerHandle {
+                            port: l.port,
+                            local,
+                            shared,
+                            stop,
+                            accept,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %l.listener_arn, port = l.port, error = %e, "listener bind failed");
+                    errors.push(ListenerError {
+                        listener_arn: l.listener_arn.clone(),
+                        port: l.port,
+                        message: format!("cannot listen on {}:{}: {e}", self.opts.bind, l.port),
+                    });
+                }
+            }
+        }
+
+        // 4. Close pooled target connections idle for longer than the idle timeout.
+        if st.sweeper.is_none() {
+            st.sweeper = Some(tokio::spawn(sweep_pools(
+                self.targets.clone(),
+                self.opts.idle_timeout,
+            )));
+        }
+
+        *self.listening.lock().unwrap_or_else(|e| e.into_inner()) = st
+            .listeners
+            .iter()
+            .map(|(arn, h)| (arn.clone(), h.local))
+            .collect();
+        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = st.targets.clone();
+        errors
     }
 
     /// The current health of every target this node checks; changes on every transition.
     pub fn health(&self) -> tokio::sync::watch::Receiver<HashMap<TargetKey, TargetHealth>> {
-        unimplemented!("berth-lb: health")
+        self.hub.tx.subscribe()
     }
 
     /// The local addresses of the open listeners, by listener ARN.
     pub fn listening(&self) -> HashMap<String, SocketAddr> {
-        unimplemented!("berth-lb: listening")
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// In-flight and served counts of every target in the current configuration.
+    pub fn stats(&self) -> HashMap<TargetKey, TargetStats> {
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    TargetStats {
+                        in_flight: t.in_flight(),
+                        requests: t.served(),
+                        idle_connections: t.pool.idle_count(),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Stop every listener and health checker.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        let mut st = self.state.lock().await;
+        for (_, h) in st.listeners.drain() {
+            h.close();
+        }
+        for (_, c) in st.checkers.drain() {
+            c.task.abort();
+        }
+        if let Some(s) = st.sweeper.take() {
+            s.abort();
+        }
+        st.targets.clear();
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        // Dropped without `shutdown`: still stop every task this node started.
+        if let Ok(mut st) = self.state.try_lock() {
+            for (_, h) in st.listeners.drain() {
+                h.close();
+            }
+            for (_, c) in st.checkers.drain() {
+                c.task.abort();
+            }
+            if let Some(s) = st.sweeper.take() {
+                s.abort();
+            }
+        }
+    }
+}
+
+async fn sweep_pools(
+    targets: Arc<std::sync::Mutex<HashMap<TargetKey, Arc<TargetState>>>>,
+    idle: Duration,
+) {
+    let period = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(period).await;
+        let list: Vec<Arc<TargetState>> = targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in list {
+            t.pool.prune(idle);
+        }
+    }
 }

@@ -1,0 +1,728 @@
+//! The data path: accept client connections (HTTP/1.1 and h2c), route each request
+//! through the listener's current table, and forward it over a pooled HTTP/1.1
+//! keep-alive connection to the chosen target, streaming bodies both ways.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION,
+    SERVER, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::balancer::{
+    pick_weighted, CompiledAction, GroupTable, InFlight, ListenerTable, TargetState,
+};
+use crate::matching::{canonical_ip, strip_port, RequestView};
+
+/// At most this many idle connections are kept per target.
+const MAX_IDLE_PER_TARGET: usize = 256;
+/// Attempts to reach a target for one request (connection refused/timed out before
+/// anything was sent, so retrying is safe).
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub idle: Duration,
+    pub request: Duration,
+    pub connect: Duration,
+}
+
+/// What every connection of one listener shares; the table is replaced whole by
+/// `apply` and read-cloned once per request (the read lock is held only for the
+/// `Arc` clone).
+pub(crate) struct ListenerShared {
+    pub port: u16,
+    pub xf_port: HeaderValue,
+    pub table: RwLock<Arc<ListenerTable>>,
+    pub timeouts: Timeouts,
+}
+
+impl ListenerShared {
+    pub(crate) fn new(port: u16, table: ListenerTable, timeouts: Timeouts) -> ListenerShared {
+        ListenerShared {
+            port,
+            xf_port: HeaderValue::from(port),
+            table: RwLock::new(Arc::new(table)),
+            timeouts,
+        }
+    }
+    pub(crate) fn swap(&self, table: ListenerTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+    fn current(&self) -> Arc<ListenerTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Target connection pool
+
+struct IdleConn {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Idle keep-alive connections to one target (LIFO: the warmest first).
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: Mutex<Vec<IdleConn>>,
+}
+
+impl Pool {
+    fn checkout(&self, idle_timeout: Duration) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut not_ready = None;
+        while let Some(c) = idle.pop() {
+            if c.sender.is_closed() || c.since.elapsed() >= idle_timeout {
+                continue;
+            }
+            if c.sender.is_ready() {
+                return Some(c.sender);
+            }
+            // Checked in the moment its response ended; its connection task may
+            // not have marked it ready yet.
+            if not_ready.is_none() {
+                not_ready = Some(c.sender);
+            }
+        }
+        not_ready
+    }
+
+    fn checkin(&self, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_TARGET {
+            idle.push(IdleConn {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops connections idle for longer than `idle_timeout` (closing them).
+    pub(crate) fn prune(&self, idle_timeout: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < idle_timeout);
+    }
+
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[derive(Debug)]
+enum ConnectError {
+    Timeout,
+    Failed,
+}
+
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<SendRequest<Incoming>, ConnectError> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(_)) => return Err(ConnectError::Failed),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|_| ConnectError::Failed)?;
+    tokio::spawn(async move {
+        // Ends when the target closes, on an error, or once every `SendRequest`
+        // handle (pooled or in use) is dropped.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// A pooled connection, or a new one; a stale pooled one that is not ready after
+/// a moment is given up for a new connection.
+async fn obtain(
+    t: &TargetState,
+    to: &Timeouts,
+) -> Result<(SendRequest<Incoming>, bool), ConnectError> {
+    if let Some(mut s) = t.pool.checkout(to.idle) {
+        if s.is_ready() {
+            return Ok((s, true));
+        }
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(20), s.ready()).await {
+            return Ok((s, true));
+        }
+    }
+    connect(t.addr, to.connect).await.map(|s| (s, false))
+}
+
+// ---------------------------------------------------------------------------
+// Bodies
+
+/// The body of every response the load balancer sends.
+pub enum LbBody {
+    /// Generated here (errors, fixed responses, redirects).
+    Full(Option<Bytes>),
+    /// Streamed from a target.
+    Proxied(ProxiedBody),
+}
+
+impl LbBody {
+    fn full(b: impl Into<Bytes>) -> LbBody {
+        LbBody::Full(Some(b.into()))
+    }
+}
+
+/// A target's response body. Holds the request's in-flight count until the body
+/// ends or is dropped, and gives the connection back to the pool when (and only
+/// when) the body was read to its end.
+pub struct ProxiedBody {
+    inner: Incoming,
+    done: Option<Done>,
+}
+
+struct Done {
+    _in_flight: InFlight,
+    sender: SendRequest<Incoming>,
+}
+
+impl Done {
+    fn finish(self, complete: bool) {
+        if complete {
+            self._in_flight.0.pool.checkin(self.sender);
+        }
+    }
+}
+
+impl Drop for ProxiedBody {
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            // A body the client never read (HEAD, 204, 304) is complete too.
+            d.finish(self.inner.is_end_stream());
+        }
+    }
+}
+
+impl Body for LbBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            LbBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            LbBody::Proxied(p) => {
+                let r = std::task::ready!(Pin::new(&mut p.inner).poll_frame(cx));
+                let finished = match &r {
+                    None => Some(true),
+                    Some(Ok(_)) if p.inner.is_end_stream() => Some(true),
+                    Some(Err(_)) => Some(false),
+                    Some(Ok(_)) => None,
+                };
+                if let Some(complete) = finished {
+                    if let Some(d) = p.done.take() {
+                        d.finish(complete);
+                    }
+                }
+                Poll::Ready(r)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            LbBody::Full(b) => b.as_ref().map_or(true, |b| b.is_empty()),
+            LbBody::Proxied(p) => p.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            LbBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            LbBody::Proxied(p) => p.inner.size_hint(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Generated responses
+
+static SERVER_NAME: HeaderValue = HeaderValue::from_static("berth");
+
+/// ALB's error page for 502/503/504.
+pub(crate) fn error_response(status: StatusCode) -> Response<LbBody> {
+    let body: &'static str = match status.as_u16() {
+        502 => "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+        503 => "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n</body>\r\n</html>\r\n",
+        504 => "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n",
+        _ => "<html>\r\n<head><title>500 Internal Server Error</title></head>\r\n<body>\r\n<center><h1>500 Internal Server Error</h1></center>\r\n</body>\r\n</html>\r\n",
+    };
+    generated(
+        status,
+        HeaderValue::from_static("text/html"),
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+fn generated(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<LbBody> {
+    let mut r = Response::new(LbBody::full(body.clone()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(SERVER, SERVER_NAME.clone());
+    h.insert(CONTENT_TYPE, content_type);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    r
+}
+
+// ---------------------------------------------------------------------------
+// Connections from clients
+
+/// Marks a client connection active on every read or write (cheap: one relaxed
+/// store); the idle timer clears it, and a connection left unmarked for the whole
+/// idle timeout is closed (ALB: no data sent or received for idle_timeout).
+struct Activity(AtomicBool);
+
+struct IdleIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl IdleIo {
+    #[inline]
+    fn touch<T>(&self, p: &Poll<T>) {
+        if p.is_ready() {
+            self.activity.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let p = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.touch(&p);
+        p
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.touch(&p);
+        p
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let p = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.touch(&p);
+        p
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once the connection saw no traffic for `idle` (checked in quarters).
+async fn idle_expired(a: &Activity, idle: Duration) {
+    let tick = (idle / 4).max(Duration::from_millis(1));
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        if a.0.swap(false, Ordering::Relaxed) {
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet >= 4 {
+                return;
+            }
+        }
+    }
+}
+
+struct ConnCtx {
+    listener: Arc<ListenerShared>,
+    client_ip: IpAddr,
+    /// The client IP as an `X-Forwarded-For` value.
+    xff: HeaderValue,
+    activity: Arc<Activity>,
+}
+
+/// Accepts until aborted (dropping the socket stops accepting at once).
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, port = shared.port, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_conn(
+            tcp,
+            remote,
+            shared.clone(),
+            builder.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+async fn serve_conn(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    listener: Arc<ListenerShared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let idle = listener.timeouts.idle;
+    let activity = Arc::new(Activity(AtomicBool::new(true)));
+    let client_ip = canonical_ip(remote.ip());
+    let xff = HeaderValue::from_str(&client_ip.to_string())
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    let ctx = Arc::new(ConnCtx {
+        listener,
+        client_ip,
+        xff,
+        activity: activity.clone(),
+    });
+    let io = TokioIo::new(IdleIo {
+        inner: tcp,
+        activity: activity.clone(),
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut closing = *stop.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            r = stop.changed(), if !closing => {
+                // The listener was removed: finish what is in flight, then close.
+                let _ = r;
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle_expired(&activity, idle) => {
+                if closing {
+                    break;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+
+async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LbBody> {
+    let table = ctx.listener.current();
+    let host_full = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let host = strip_port(host_full);
+    let view = RequestView {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        host,
+        headers: req.headers(),
+        source_ip: ctx.client_ip,
+    };
+    let Some(rule) = table.route(&view) else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    match &rule.action {
+        CompiledAction::Fixed {
+            status,
+            content_type,
+            body,
+        } => generated(*status, content_type.clone(), body.clone()),
+        CompiledAction::Redirect(t) => {
+            let loc = t.location(host, ctx.listener.port, view.path, view.query);
+            let mut r = generated(
+                t.status,
+                HeaderValue::from_static("text/plain"),
+                Bytes::new(),
+            );
+            r.headers_mut().remove(CONTENT_TYPE);
+            match HeaderValue::from_str(&loc) {
+                Ok(v) => {
+                    r.headers_mut().insert(LOCATION, v);
+                    r
+                }
+                Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+        CompiledAction::Unavailable => error_response(StatusCode::SERVICE_UNAVAILABLE),
+        CompiledAction::Forward { groups, total } => {
+            let group = pick_weighted(groups, *total, &mut rand::thread_rng()).cloned();
+            match group {
+                Some(g) => forward(&ctx, &g, req).await,
+                None => error_response(StatusCode::SERVICE_UNAVAILABLE),
+            }
+        }
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Removes hop-by-hop headers (those named in `Connection` too). With `upgrade`,
+/// `Connection: upgrade` and `Upgrade` pass through.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if h.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if !(upgrade && n == UPGRADE) {
+                h.remove(n);
+            }
+        }
+        h.remove(CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(TE);
+    h.remove(TRAILER);
+    h.remove(TRANSFER_ENCODING);
+    if upgrade {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(UPGRADE);
+    }
+}
+
+/// The request as the target gets it: HTTP/1.1, origin-form URI, Host kept (or set
+/// from `:authority`), hop-by-hop headers removed, `X-Forwarded-*` added.
+fn outgoing(ctx: &ConnCtx, req: Request<Incoming>, upgrade: bool) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        if !parts.headers.contains_key(HOST) {
+            if let Some(a) = parts.uri.authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(HOST, v);
+                }
+            }
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h, upgrade);
+    let mut prior = h.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_some() {
+        let mut v: Vec<u8> = Vec::with_capacity(64);
+        for p in prior {
+            if !v.is_empty() {
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(p.as_bytes());
+        }
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(ctx.xff.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&v) {
+            h.insert(&X_FORWARDED_FOR, v);
+        }
+    } else {
+        h.insert(&X_FORWARDED_FOR, ctx.xff.clone());
+    }
+    h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    h.insert(&X_FORWARDED_PORT, ctx.listener.xf_port.clone());
+    Request::from_parts(parts, body)
+}
+
+async fn forward(
+    ctx: &ConnCtx,
+    group: &GroupTable,
+    mut req: Request<Incoming>,
+) -> Response<LbBody> {
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let to = ctx.listener.timeouts;
+    let mut pending = Some(outgoing(ctx, req, upgrade));
+    let mut tried: Vec<Arc<TargetState>> = Vec::new();
+    let mut failure = StatusCode::SERVICE_UNAVAILABLE;
+    let mut stale_retries = 0;
+    while tried.len() < MAX_CONNECT_ATTEMPTS {
+        let Some(target) = group.choose(&tried).cloned() else {
+            break;
+        };
+        let in_flight = InFlight::start(&target);
+        let (mut sender, pooled) = match obtain(&target, &to).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(target = ?target.key, error = ?e, "target connection failed");
+                failure = match e {
+                    ConnectError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    ConnectError::Failed => StatusCode::BAD_GATEWAY,
+                };
+                tried.push(target);
+                continue;
+            }
+        };
+        let Some(out) = pending.take() else { break };
+        let resp = match tokio::time::timeout(to.request, sender.try_send_request(out)).await {
+            Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT),
+            Ok(Ok(resp)) => resp,
+            Ok(Err(mut e)) => match e.take_message() {
+                // Never sent: a pooled connection the target had closed. Safe to retry.
+                Some(back) => {
+                    pending = Some(back);
+                    failure = StatusCode::BAD_GATEWAY;
+                    if pooled && stale_retries < 4 {
+                        stale_retries += 1;
+                    } else {
+                        tried.push(target);
+                    }
+                    continue;
+                }
+                None => {
+                    tracing::debug!(target = ?target.key, error = %e.error(), "target request failed");
+                    return error_response(StatusCode::BAD_GATEWAY);
+                }
+            },
+        };
+        target.served.fetch_add(1, Ordering::Relaxed);
+        return respond(ctx, resp, sender, in_flight, client_upgrade);
+    }
+    error_response(if tried.is_empty() && pending.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        failure
+    })
+}
+
+fn respond(
+    ctx: &ConnCtx,
+    mut resp: Response<Incoming>,
+    sender: SendRequest<Incoming>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<LbBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_up) = client_upgrade {
+            let target_up = hyper::upgrade::on(&mut resp);
+            let activity = ctx.activity.clone();
+            let idle = ctx.listener.timeouts.idle;
+            tokio::spawn(async move {
+                // Counted in flight (and the target connection kept) until either
+                // side closes or the pair is idle for the idle timeout.
+                let _in_flight = in_flight;
+                let _sender = sender;
+                let (c, t) = tokio::join!(client_up, target_up);
+                if let (Ok(c), Ok(t)) = (c, t) {
+                    let mut c = TokioIo::new(c);
+                    let mut t = TokioIo::new(t);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut t) => {}
+                        _ = idle_expired(&activity, idle) => {}
+                    }
+                }
+            });
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(
+                parts,
+                LbBody::Proxied(ProxiedBody {
+                    inner: body,
+                    done: None,
+                }),
+            );
+        }
+        // A 101 to a request that did not ask to upgrade is malformed.
+        return error_response(StatusCode::BAD_GATEWAY);
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let body = ProxiedBody {
+        inner: body,
+        done: Some(Done {
+            _in_flight: in_flight,
+            sender,
+        }),
+    };
+    Response::from_parts(parts, LbBody::Proxied(body))
+}
