@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use berth_model::elb::{
+    Action, Attribute as ElbAttribute, Listener, LoadBalancer, Rule, RuleCondition, RuleRecord,
+    TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealthUpdate,
+};
 use berth_model::{
     ApiError, ArnContext, Attribute, Cluster, ClusterSetting, Container, ContainerInstance,
     Failure, Reservation, ServiceRecord, Tag, Task, TaskDefinition, TaskDefinitionSpec,
     TaskOverride,
-};
-use berth_model::elb::{
-    Action, Attribute as ElbAttribute, Listener, LoadBalancer, Rule, RuleCondition, RuleRecord,
-    TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealthUpdate,
 };
 use serde::{Deserialize, Serialize};
 

@@ -20,6 +20,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
+use berth_model::elb as elbm;
 use berth_model::{
     Cluster, ContainerInstanceRecord, ServiceRecord, Tag, TaskDefinition, TaskRecord,
 };
@@ -30,6 +31,7 @@ pub use command::{
     Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget, TaskStop,
     COMMAND_VERSION,
 };
+pub use elb::{default_rule_arn, TargetKey};
 pub use keys::TaskIndexKind;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -335,6 +337,84 @@ impl StateReader {
         group: &str,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         services::tasks_of_group(&self.sm, cluster, group)
+    }
+
+    // ------------------------------------------------------------ ELBv2
+
+    /// Every load balancer, by name.
+    pub fn elb_load_balancers(&self) -> Result<Vec<elbm::LoadBalancer>, StoreError> {
+        elb::load_balancers(&self.sm)
+    }
+
+    pub fn elb_load_balancer(&self, arn: &str) -> Result<Option<elbm::LoadBalancer>, StoreError> {
+        elb::load_balancer(&self.sm, arn)
+    }
+
+    /// Every target group, by name, with `LoadBalancerArns` filled in.
+    pub fn elb_target_groups(&self) -> Result<Vec<elbm::TargetGroupRecord>, StoreError> {
+        elb::target_groups(&self.sm)
+    }
+
+    /// A target group with `LoadBalancerArns` filled in.
+    pub fn elb_target_group(
+        &self,
+        arn: &str,
+    ) -> Result<Option<elbm::TargetGroupRecord>, StoreError> {
+        elb::target_group(&self.sm, arn)
+    }
+
+    /// Listeners of one load balancer (or of all), by port.
+    pub fn elb_listeners(
+        &self,
+        load_balancer_arn: Option<&str>,
+    ) -> Result<Vec<elbm::Listener>, StoreError> {
+        elb::listeners(&self.sm, load_balancer_arn)
+    }
+
+    pub fn elb_listener(&self, arn: &str) -> Result<Option<elbm::Listener>, StoreError> {
+        elb::listener(&self.sm, arn)
+    }
+
+    /// A listener's rules in evaluation order (by priority, the default rule last).
+    pub fn elb_rules(&self, listener_arn: &str) -> Result<Vec<elbm::Rule>, StoreError> {
+        elb::rules(&self.sm, listener_arn)
+    }
+
+    /// Every rule of every listener, by listener ARN then evaluation order.
+    pub fn elb_all_rules(&self) -> Result<Vec<elbm::RuleRecord>, StoreError> {
+        elb::all_rules(&self.sm)
+    }
+
+    pub fn elb_rule(&self, arn: &str) -> Result<Option<elbm::RuleRecord>, StoreError> {
+        elb::rule(&self.sm, arn)
+    }
+
+    /// A target group's targets (draining ones included), by id then port.
+    pub fn elb_targets(
+        &self,
+        target_group_arn: &str,
+    ) -> Result<Vec<elbm::TargetRecord>, StoreError> {
+        elb::targets(&self.sm, target_group_arn)
+    }
+
+    /// Every target, by target group, id, port.
+    pub fn elb_all_targets(&self) -> Result<Vec<elbm::TargetRecord>, StoreError> {
+        elb::all_targets(&self.sm)
+    }
+
+    /// The targets a service registered for a task (draining ones included).
+    pub fn elb_targets_of_task(
+        &self,
+        cluster: &str,
+        task_id: &str,
+    ) -> Result<Vec<elbm::TargetRecord>, StoreError> {
+        elb::targets_of_task(&self.sm, cluster, task_id)
+    }
+
+    /// When the next `ElbSweep` has work (a draining target or task whose deadline
+    /// passes), if ever: the controller proposes `ElbSweep { at }` at or after it.
+    pub fn next_drain_deadline(&self) -> Result<Option<f64>, StoreError> {
+        elb::next_drain_deadline(&self.sm)
     }
 
     /// The changes of every revision after `after`, oldest first.

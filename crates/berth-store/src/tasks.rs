@@ -227,13 +227,20 @@ fn index_entries(cluster: &str, rec: &TaskRecord) -> Vec<Vec<u8>> {
     v
 }
 
-/// Writes a task and keeps its indexes in step with `old` (its previous version).
-fn put_task<R: KvRead + ?Sized>(
+/// Writes a task and keeps its indexes in step with `old` (its previous version). The
+/// load balancer wiring runs here, so that every path that moves a task sees it: a
+/// service task reaching RUNNING registers its targets, one reaching STOPPED drains them
+/// (see [`crate::elb::on_task_write`]).
+pub(crate) fn put_task<R: KvRead + ?Sized>(
     st: &mut Staged<'_, R>,
     cluster: &str,
     old: Option<&TaskRecord>,
     new: &TaskRecord,
+    at: f64,
 ) -> Result<(), StoreError> {
+    let mut new = new.clone();
+    crate::elb::on_task_write(st, cluster, old, &mut new, at)?;
+    let new = &new;
     let new_idx = index_entries(cluster, new);
     if let Some(old) = old {
         for k in index_entries(cluster, old) {
@@ -551,7 +558,7 @@ pub(crate) fn report_tasks<R: KvRead + ?Sized>(
         if new.task != old.task {
             new.task.version += 1;
         }
-        put_task(st, cluster, Some(&old), &new)?;
+        put_task(st, cluster, Some(&old), &new, at)?;
     }
     Ok(Response::Ok)
 }
@@ -661,7 +668,7 @@ pub(crate) fn run_tasks<R: KvRead + ?Sized>(
             network_mode: nt.network_mode.clone(),
             drain_until: None,
         };
-        put_task(st, cluster, None, &rec)?;
+        put_task(st, cluster, None, &rec, at)?;
         if !nt.tags.is_empty() {
             st.put_json(keys::tags(&task_arn), &nt.tags)?;
             st.changes.push(Change::Tags {
@@ -728,9 +735,17 @@ pub(crate) fn stop_task<R: KvRead + ?Sized>(
     };
     if instance_gone {
         stop_now(t, at);
+    } else if let Some(until) = crate::elb::begin_task_drain(st, cluster, task_id, at)? {
+        // Its targets drain first (ECS's DEACTIVATING); the agent keeps it running until
+        // the ElbSweep at `until` clears `drain_until`.
+        new.drain_until = Some(until);
+        if new.task.last_status() == "RUNNING" {
+            new.task.last_status = Some("DEACTIVATING".into());
+        }
     }
+    let t = &mut new.task;
     t.version += 1;
-    put_task(st, cluster, Some(&old), &new)?;
+    put_task(st, cluster, Some(&old), &new, at)?;
     Ok(Response::Task {
         task: Box::new(new.task),
     })
@@ -764,7 +779,7 @@ pub(crate) fn stop_instance_tasks<R: KvRead + ?Sized>(
         }
         stop_now(t, at);
         t.version += 1;
-        put_task(st, cluster, Some(&old), &new)?;
+        put_task(st, cluster, Some(&old), &new, at)?;
     }
     Ok(Response::Ok)
 }
@@ -811,7 +826,7 @@ pub(crate) fn deregister_container_instance<R: KvRead + ?Sized>(
         }
         stop_now(&mut new.task, at);
         new.task.version += 1;
-        put_task(st, cluster, Some(old), &new)?;
+        put_task(st, cluster, Some(old), &new, at)?;
     }
     rec.instance.status = Some("INACTIVE".into());
     rec.instance.agent_connected = Some(false);
