@@ -1,5 +1,5 @@
 //! The API front door: hyper HTTP/1.1, AWS JSON 1.1 framing, SigV4, and dispatch to the ECS
-//! handlers. Health and status pages are unauthenticated GETs.
+//! handlers (ELBv2's Query-protocol requests go to `elbv2`). Health and status pages are unauthenticated GETs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -104,7 +104,12 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn respond(status: u16, content_type: &str, body: Vec<u8>, rid: &str) -> Response<Full<Bytes>> {
+pub(crate) fn respond(
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+    rid: &str,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
@@ -152,6 +157,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Resp
                 &rid,
             ),
         };
+    }
+    if crate::elbv2::is_query_request(req.headers()) {
+        return crate::elbv2::serve(&ctx, req, &rid).await;
     }
     let (result, op) = handle_post(&ctx, req).await;
     let resp = match result {
@@ -205,16 +213,44 @@ async fn handle_post(
         .unwrap_or(&target)
         .to_string();
 
+    let body = match read_body(ctx, &parts, body).await {
+        Ok(b) => b,
+        Err(e) => return (Err(e), op),
+    };
+
+    if !target.starts_with(ECS_TARGET_PREFIX) {
+        let msg = if target.is_empty() {
+            "Missing X-Amz-Target header: this endpoint speaks the ECS JSON 1.1 protocol (X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>) and, for ELBv2, the Query protocol (Content-Type: application/x-www-form-urlencoded, Action=<Operation>).".to_string()
+        } else {
+            format!("Unknown operation target '{target}'.")
+        };
+        return (
+            Err(ApiError::new(ErrorKind::UnknownOperationException, msg)),
+            op,
+        );
+    }
+
+    if let Err(e) = verify_signature(ctx, &parts, &body, "ecs") {
+        return (Err(e), op);
+    }
+
+    (crate::ecs::dispatch(ctx, &op, &body).await, op)
+}
+
+/// Reads a POST body: an unsigned request (when signatures are required) is refused
+/// before its body is read, and a body over the limit before or while it is read.
+pub(crate) async fn read_body(
+    ctx: &Ctx,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, ApiError> {
     // An unsigned request is refused before its body is read: no buffering for strangers.
     if ctx.cfg.auth == AuthMode::SigV4 && !parts.headers.contains_key(hyper::header::AUTHORIZATION)
     {
-        return (
-            Err(ApiError::new(
-                ErrorKind::MissingAuthenticationTokenException,
-                "Missing Authentication Token",
-            )),
-            op,
-        );
+        return Err(ApiError::new(
+            ErrorKind::MissingAuthenticationTokenException,
+            "Missing Authentication Token",
+        ));
     }
 
     // Bodies over the limit are refused before they are read.
@@ -225,81 +261,70 @@ async fn handle_post(
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(n) = declared {
         if n > ctx.cfg.body_limit {
-            return (Err(too_large(n, ctx.cfg.body_limit)), op);
+            return Err(too_large(n, ctx.cfg.body_limit));
         }
     }
-    let body = match Limited::new(body, ctx.cfg.body_limit).collect().await {
-        Ok(b) => b.to_bytes(),
+    match Limited::new(body, ctx.cfg.body_limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                return (
-                    Err(too_large(
-                        declared.unwrap_or(ctx.cfg.body_limit + 1),
-                        ctx.cfg.body_limit,
-                    )),
-                    op,
-                );
+                return Err(too_large(
+                    declared.unwrap_or(ctx.cfg.body_limit + 1),
+                    ctx.cfg.body_limit,
+                ));
             }
-            return (
-                Err(ApiError::serialization(format!(
-                    "Could not read the request body: {e}"
-                ))),
-                op,
-            );
+            Err(ApiError::serialization(format!(
+                "Could not read the request body: {e}"
+            )))
         }
+    }
+}
+
+/// Checks the request's SigV4 signature for `service` (the credential-scope service:
+/// `ecs`, `elasticloadbalancing`), unless the server runs with `--auth none`.
+pub(crate) fn verify_signature(
+    ctx: &Ctx,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    service: &str,
+) -> Result<(), ApiError> {
+    if ctx.cfg.auth != AuthMode::SigV4 {
+        return Ok(());
+    }
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let signed = sigv4::SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &headers,
+        body,
     };
-
-    if !target.starts_with(ECS_TARGET_PREFIX) {
-        let msg = if target.is_empty() {
-            "Missing X-Amz-Target header: this endpoint speaks the ECS JSON 1.1 protocol (X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>).".to_string()
-        } else {
-            format!("Unknown operation target '{target}'.")
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let keys = ctx.cfg.keys.clone();
+    sigv4::verify(&signed, service, now, &|k| keys.get(k).cloned()).map_err(|f| {
+        let kind = match f.error_type() {
+            "MissingAuthenticationTokenException" => ErrorKind::MissingAuthenticationTokenException,
+            "IncompleteSignatureException" => ErrorKind::IncompleteSignatureException,
+            "UnrecognizedClientException" => ErrorKind::UnrecognizedClientException,
+            _ => ErrorKind::InvalidSignatureException,
         };
-        return (
-            Err(ApiError::new(ErrorKind::UnknownOperationException, msg)),
-            op,
-        );
-    }
-
-    if ctx.cfg.auth == AuthMode::SigV4 {
-        let headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let signed = sigv4::SignedRequest {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            headers: &headers,
-            body: &body,
-        };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let keys = ctx.cfg.keys.clone();
-        if let Err(f) = sigv4::verify(&signed, "ecs", now, &|k| keys.get(k).cloned()) {
-            let kind = match f.error_type() {
-                "MissingAuthenticationTokenException" => {
-                    ErrorKind::MissingAuthenticationTokenException
-                }
-                "IncompleteSignatureException" => ErrorKind::IncompleteSignatureException,
-                "UnrecognizedClientException" => ErrorKind::UnrecognizedClientException,
-                _ => ErrorKind::InvalidSignatureException,
-            };
-            return (Err(ApiError::new(kind, f.message())), op);
-        }
-    }
-
-    (crate::ecs::dispatch(ctx, &op, &body).await, op)
+        ApiError::new(kind, f.message())
+    })?;
+    Ok(())
 }
 
 fn too_large(n: usize, limit: usize) -> ApiError {

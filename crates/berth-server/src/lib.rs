@@ -7,6 +7,7 @@ pub mod controller;
 pub mod ecs;
 pub mod ecs_services;
 pub mod ecs_tasks;
+pub mod elbv2;
 pub mod elbv2_query;
 pub mod elbv2_validate;
 pub mod elbv2_xml;
