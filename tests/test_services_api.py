@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+import berth_harness as h
 from berth_harness import (ACCOUNT, REGION, aws, call, cluster_arn, expect_cli_error,
                            td_arn, unique)
 
@@ -129,6 +130,17 @@ def test_create_service_shape(server, tmp_path):
     assert stats["activeEC2ServiceCount"] == "1"
 
 
+def real_target_group(server) -> str:
+    """A target group used by a load balancer's listener (ECS refuses others)."""
+    lb = h.aws("elbv2", "create-load-balancer", "--name", unique("lb")[:32], node=server).json
+    tg = h.aws("elbv2", "create-target-group", "--name", unique("tg")[:32], "--protocol", "HTTP",
+               "--port", "80", node=server).json["TargetGroups"][0]["TargetGroupArn"]
+    h.aws("elbv2", "create-listener", "--load-balancer-arn", lb["LoadBalancers"][0]["LoadBalancerArn"],
+          "--protocol", "HTTP", "--port", str(h.free_port()),
+          "--default-actions", f"Type=forward,TargetGroupArn={tg}", node=server)
+    return tg
+
+
 def test_daemon_defaults_and_custom_configuration(server, tmp_path):
     c, family = setup(server, tmp_path)
     d = create(server, c, unique("d"), family, "--scheduling-strategy", "DAEMON", desired=None)
@@ -144,7 +156,7 @@ def test_daemon_defaults_and_custom_configuration(server, tmp_path):
                "--health-check-grace-period-seconds", "30",
                "--propagate-tags", "SERVICE", "--enable-execute-command",
                "--load-balancers",
-               f"targetGroupArn=arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/web/0123456789abcdef,"
+               f"targetGroupArn={real_target_group(server)},"
                "containerName=web,containerPort=8080")
     assert s["deploymentConfiguration"] == {
         "deploymentCircuitBreaker": {"enable": True, "rollback": True},
@@ -192,6 +204,9 @@ def test_create_service_validation(server, tmp_path):
         ((["--task-definition", family, "--desired-count", "1", "--load-balancers",
            f"targetGroupArn={tg},containerName=web,containerPort=81"],),
          "InvalidParameterException", "The container web did not have a container port 81 defined."),
+        ((["--task-definition", family, "--desired-count", "1", "--load-balancers",
+           f"targetGroupArn={tg},containerName=web,containerPort=8080"],),
+         "InvalidParameterException", f"The target group with targetGroupArn {tg} does not exist."),
         ((["--task-definition", family, "--desired-count", "1", "--service-registries",
            "registryArn=arn:aws:servicediscovery:us-east-1:123456789012:service/srv-a",
            "registryArn=arn:aws:servicediscovery:us-east-1:123456789012:service/srv-b"],),

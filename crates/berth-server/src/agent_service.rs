@@ -448,7 +448,13 @@ fn desired_task(node: &ServerNode, rec: &TaskRecord, tds: &mut TaskDefs) -> Opti
         cluster,
         task_definition: td,
         overrides: t.overrides.clone().unwrap_or_default(),
-        desired_status: t.desired_status.clone().unwrap_or_else(|| "RUNNING".into()),
+        // A task draining out of its target groups keeps running until the drain is
+        // over (the store's ElbSweep clears `drain_until`), as ECS's DEACTIVATING.
+        desired_status: if rec.drain_until.is_some() {
+            "RUNNING".into()
+        } else {
+            t.desired_status.clone().unwrap_or_else(|| "RUNNING".into())
+        },
         last_status: t.last_status.clone().unwrap_or_default(),
         started_by: t.started_by.clone(),
         stopped_reason: t.stopped_reason.clone(),

@@ -143,6 +143,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     if req.method() == Method::GET {
         return match req.uri().path() {
             "/healthz" => health(&ctx, &rid),
+            "/berth/lb/config" => lb_config(&ctx, &req, &rid).await,
             "/status" => respond(
                 200,
                 "application/json",
@@ -195,6 +196,48 @@ fn health(ctx: &Ctx, rid: &str) -> Response<Full<Bytes>> {
         body.to_string().into_bytes(),
         rid,
     )
+}
+
+/// `GET /berth/lb/config?after=REV`, for `berth lb` edge nodes: the whole ELB state as
+/// JSON, long-polled (answers when it changed after REV, or after 25 s). Authorized by
+/// the cluster's join token (`Authorization: Bearer <token>`), like agents.
+async fn lb_config(ctx: &Ctx, req: &Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = match &ctx.node.agent_settings.join_token {
+        Some(t) => {
+            let (a, b) = (t.as_bytes(), given.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        }
+        None => true,
+    };
+    if !ok {
+        return respond(
+            403,
+            "application/json",
+            br#"{"message":"berth lb needs the cluster's join token (--join-token)"}"#.to_vec(),
+            rid,
+        );
+    }
+    let after = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("after="))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    match crate::lb_runtime::long_poll(&ctx.node, after, std::time::Duration::from_secs(25)).await
+    {
+        Ok(s) => respond(
+            200,
+            "application/json",
+            serde_json::to_vec(&s).unwrap_or_default(),
+            rid,
+        ),
+        Err(e) => error_response(&ApiError::server(e), rid),
+    }
 }
 
 async fn handle_post(

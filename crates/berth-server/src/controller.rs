@@ -25,7 +25,9 @@ use berth_model::{
 use berth_scheduler::placement::{
     self, ClusterView, Node, Rejection, Request, SpreadField, Strategy,
 };
-use berth_scheduler::service::{self, Config, Decision, Input, InstanceInfo, Start, TaskInfo};
+use berth_scheduler::service::{
+    self, Config, Decision, Input, InstanceInfo, LbInfo, LbUnhealthy, Start, TaskInfo,
+};
 use berth_store::{Change, Command, Response, TaskStop};
 
 use crate::node::ServerNode;
@@ -78,6 +80,9 @@ struct State {
     last_sweep: Option<Instant>,
     /// Task definitions by ARN (immutable apart from status; fine to cache briefly).
     task_defs: HashMap<String, TaskDefinition>,
+    /// The ELB state changed (target health, registrations): reconcile the services
+    /// that have load balancers.
+    elb_dirty: bool,
 }
 
 /// Runs until `shutdown`; does work only while this server is the leader.
@@ -178,10 +183,11 @@ fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
                 Change::Service { cluster, name } => {
                     state.dirty.insert((cluster, name));
                 }
-                Change::Membership
-                | Change::TaskDefinition { .. }
-                | Change::Tags { .. }
-                | Change::Elb => {}
+                // Target health moved: services behind load balancers may step on.
+                Change::Elb => {
+                    state.elb_dirty = true;
+                }
+                Change::Membership | Change::TaskDefinition { .. } | Change::Tags { .. } => {}
             }
         }
     }
@@ -226,6 +232,16 @@ fn load_node(
 
 async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut State) -> PassResult {
     refresh(node, state)?;
+    // Deregistered targets whose delay is over leave their groups, and the tasks they
+    // belonged to are told to stop.
+    if let Some(due) = node.reader.next_drain_deadline().map_err(serr)? {
+        let now = now_secs();
+        if due <= now {
+            if let Err(e) = node.write(Command::ElbSweep { at: now }).await {
+                tracing::debug!(error = %e.message, "ElbSweep failed; retrying");
+            }
+        }
+    }
     let sweep = state
         .last_sweep
         .map(|t| t.elapsed() >= settings.sweep)
@@ -235,6 +251,19 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
         state.dirty_clusters.extend(state.clusters.keys().cloned());
     }
     let mut work: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    if std::mem::take(&mut state.elb_dirty) {
+        for c in state.clusters.keys() {
+            for s in node.reader.services(c).map_err(serr)? {
+                if !s.service.load_balancers.is_empty()
+                    && matches!(s.service.status.as_str(), "ACTIVE" | "DRAINING")
+                {
+                    work.entry(c.clone())
+                        .or_default()
+                        .insert(s.name().to_string());
+                }
+            }
+        }
+    }
     for c in std::mem::take(&mut state.dirty_clusters) {
         for s in node.reader.services(&c).map_err(serr)? {
             if matches!(s.service.status.as_str(), "ACTIVE" | "DRAINING") {
@@ -308,6 +337,53 @@ fn has_health_check(td: &TaskDefinition) -> bool {
         .any(|c| c.essential.unwrap_or(true) && c.health_check.is_some())
 }
 
+/// The load balancer's view of a task of a service with `loadBalancers`: healthy when
+/// it has a healthy target in each of the service's (existing) target groups.
+fn lb_info(
+    node: &ServerNode,
+    cluster: &str,
+    groups: &BTreeSet<String>,
+    t: &TaskRecord,
+) -> Result<Option<LbInfo>, String> {
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let mut info = LbInfo::default();
+    if t.task.last_status() != "RUNNING" {
+        return Ok(Some(info));
+    }
+    let targets = node
+        .reader
+        .elb_targets_of_task(cluster, t.task.id())
+        .map_err(serr)?;
+    let mut healthy_in = BTreeSet::new();
+    for tr in &targets {
+        if tr.draining() || !groups.contains(&tr.target_group_arn) {
+            continue;
+        }
+        match tr.health.state.as_str() {
+            "healthy" | "unavailable" => {
+                healthy_in.insert(tr.target_group_arn.clone());
+            }
+            "unhealthy" if info.unhealthy.is_none() => {
+                info.unhealthy = Some(LbUnhealthy {
+                    target_group_arn: tr.target_group_arn.clone(),
+                    target_id: tr.id.clone(),
+                    port: tr.port,
+                    description: tr
+                        .health
+                        .description
+                        .clone()
+                        .unwrap_or_else(|| "Health checks failed".into()),
+                });
+            }
+            _ => {}
+        }
+    }
+    info.healthy = healthy_in.len() == groups.len();
+    Ok(Some(info))
+}
+
 fn task_info(t: &TaskRecord, health_checked: bool) -> TaskInfo {
     let task = &t.task;
     TaskInfo {
@@ -326,6 +402,7 @@ fn task_info(t: &TaskRecord, health_checked: bool) -> TaskInfo {
         stopped_at: task.stopped_at,
         stop_code: task.stop_code.clone(),
         stopped_reason: task.stopped_reason.clone(),
+        lb: None,
     }
 }
 
@@ -410,6 +487,15 @@ async fn reconcile_one(
     let group = rec.group();
     let records = node.reader.tasks_of_group(cluster, &group).map_err(serr)?;
     let mut checked: HashMap<String, bool> = HashMap::new();
+    // The service's target groups that exist (a deleted one no longer gates health).
+    let mut lb_groups = BTreeSet::new();
+    for l in &rec.service.load_balancers {
+        if let Some(arn) = &l.target_group_arn {
+            if node.reader.elb_target_group(arn).map_err(serr)?.is_some() {
+                lb_groups.insert(arn.clone());
+            }
+        }
+    }
     let mut tasks = Vec::with_capacity(records.len());
     for t in &records {
         let arn = t.task.task_definition_arn.clone().unwrap_or_default();
@@ -423,7 +509,9 @@ async fn reconcile_one(
                 v
             }
         };
-        tasks.push(task_info(t, hc));
+        let mut info = task_info(t, hc);
+        info.lb = lb_info(node, cluster, &lb_groups, t)?;
+        tasks.push(info);
     }
     let primary_td = task_def(node, state, &rec.service.task_definition)?;
     let seed = seed_of(&rec.service.service_arn, rec.version);

@@ -341,6 +341,34 @@ fn check_load_balancers(lbs: &[LoadBalancer], td: &TaskDefinition) -> Result<(),
     Ok(())
 }
 
+/// The target groups of `loadBalancers[]` exist and are used by a load balancer (ECS
+/// refuses a target group without one), and the same group is not given twice.
+fn check_target_groups(ctx: &Ctx, lbs: &[LoadBalancer]) -> Result<(), ApiError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for lb in lbs {
+        let Some(arn) = lb.target_group_arn.as_deref() else {
+            continue;
+        };
+        let port = lb.container_port.unwrap_or_default();
+        if !seen.insert((arn, lb.container_name.clone(), port)) {
+            return Err(ApiError::invalid(format!(
+                "The target group {arn} is given twice for the same container and port."
+            )));
+        }
+        let Some(tg) = ctx.node.reader.elb_target_group(arn).map_err(store_err)? else {
+            return Err(ApiError::invalid(format!(
+                "The target group with targetGroupArn {arn} does not exist."
+            )));
+        };
+        if tg.target_group.load_balancer_arns.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "The target group with targetGroupArn {arn} does not have an associated load balancer."
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `serviceRegistries[]`: at most one, with its registry; a named container exists.
 fn check_service_registries(regs: &[ServiceRegistry], td: &TaskDefinition) -> Result<(), ApiError> {
     if regs.len() > 1 {
@@ -597,6 +625,7 @@ pub(crate) async fn create_service(
     let td = service_task_definition(ctx, &td_ref)?;
     check_placement(&constraints, &strategies, Some(&td), daemon)?;
     check_load_balancers(&load_balancers, &td)?;
+    check_target_groups(ctx, &load_balancers)?;
     check_service_registries(&registries, &td)?;
     let td_arn = td.task_definition_arn.clone().unwrap_or_default();
     let now = ctx.now();
@@ -784,6 +813,9 @@ fn updated(
             deploy = true;
             svc.network_configuration = Some(nc.clone());
         }
+    }
+    if let Some(lbs) = &req.load_balancers {
+        check_target_groups(ctx, lbs)?;
     }
     if let Some(td) = &td {
         check_load_balancers(&svc.load_balancers, td)?;

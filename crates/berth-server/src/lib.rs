@@ -7,6 +7,7 @@ pub mod controller;
 pub mod ecs;
 pub mod ecs_services;
 pub mod ecs_tasks;
+pub mod lb_runtime;
 pub mod elbv2;
 pub mod elbv2_query;
 pub mod elbv2_validate;

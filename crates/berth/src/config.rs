@@ -38,6 +38,11 @@ pub struct ServerConfig {
     /// A RUNNING service task without a container health check counts as healthy for
     /// deployments after this long (ECS: 40s).
     pub task_healthy_after: String,
+    /// The address the built-in load balancer's listeners bind on ("0.0.0.0" by default;
+    /// "none" runs no load balancer on this server).
+    pub lb_bind: String,
+    /// Load balancer idle timeout for client and target connections (ALB: 60s).
+    pub lb_idle_timeout: String,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +68,8 @@ impl Default for ServerConfig {
             agent_heartbeat_timeout: "15s".into(),
             agent_lost_after: "30s".into(),
             task_healthy_after: "40s".into(),
+            lb_bind: "0.0.0.0".into(),
+            lb_idle_timeout: "60s".into(),
         }
     }
 }
@@ -77,6 +84,9 @@ pub struct Valid {
     pub agent_heartbeat_timeout: std::time::Duration,
     pub agent_lost_after: std::time::Duration,
     pub task_healthy_after: std::time::Duration,
+    /// `None`: no load balancer on this server.
+    pub lb_bind: Option<std::net::IpAddr>,
+    pub lb_idle_timeout: std::time::Duration,
 }
 
 /// "15s", "500ms", "2m", "1h" or plain seconds.
@@ -225,6 +235,19 @@ impl ServerConfig {
         };
         let agent_lost_after = duration("agent-lost-after", &self.agent_lost_after, 30);
         let task_healthy_after = duration("task-healthy-after", &self.task_healthy_after, 40);
+        let lb_idle_timeout = duration("lb-idle-timeout", &self.lb_idle_timeout, 60);
+        let lb_bind = match self.lb_bind.as_str() {
+            "none" | "off" | "" => None,
+            v => match v.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    errs.push(format!(
+                        "lb-bind '{v}' is not an IP address (or \"none\" for no load balancer)"
+                    ));
+                    None
+                }
+            },
+        };
         if let Some(t) = &self.join_token {
             if t.len() < 16 {
                 errs.push("join-token must be at least 16 characters".to_string());
@@ -235,6 +258,8 @@ impl ServerConfig {
                 agent_heartbeat_timeout,
                 agent_lost_after,
                 task_healthy_after,
+                lb_bind,
+                lb_idle_timeout,
                 api_addr: api_addr.unwrap_or_else(unreachable_addr),
                 raft_addr: raft_addr.unwrap_or_else(unreachable_addr),
                 keys,

@@ -106,6 +106,13 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
         raft_addr: args.raft_addr.clone(),
         region: args.region.clone(),
         access_keys: vec![format!("{}:{}", key.access_key_id, key.secret_access_key)],
+        // The load balancer's listeners open on the API's address: loopback by default,
+        // like everything else `berth dev` serves.
+        lb_bind: args
+            .api_addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "127.0.0.1".into()),
         ..Default::default()
     };
     let valid = cfg.validate().map_err(|errs| {

@@ -5,6 +5,7 @@ mod agentcmd;
 mod awsprofile;
 mod bench;
 mod bench_lb;
+mod lbcmd;
 mod bench_sched;
 mod bench_tasks;
 mod client;
@@ -42,6 +43,9 @@ enum Cmd {
     /// Run the container agent on this machine: join a cluster as a container instance and
     /// run its tasks through containerd.
     Agent(agentcmd::AgentArgs),
+    /// Run a load balancer node on an edge machine: follows the cluster's listeners,
+    /// rules and targets from the servers and serves them (servers run one already).
+    Lb(lbcmd::LbArgs),
     /// Container images on this machine.
     Image {
         #[command(subcommand)]
@@ -134,6 +138,13 @@ pub struct ServerArgs {
     /// deployments after this long (default 40s, as ECS).
     #[arg(long, env = "BERTH_TASK_HEALTHY_AFTER")]
     task_healthy_after: Option<String>,
+    /// Address the built-in load balancer's listeners bind on (default 0.0.0.0; "none":
+    /// no load balancer on this server).
+    #[arg(long, env = "BERTH_LB_BIND")]
+    lb_bind: Option<String>,
+    /// Load balancer idle timeout, client and target side (default 60s, as ALB).
+    #[arg(long, env = "BERTH_LB_IDLE_TIMEOUT")]
+    lb_idle_timeout: Option<String>,
 }
 
 impl ServerArgs {
@@ -158,7 +169,9 @@ impl ServerArgs {
             body_limit,
             agent_heartbeat_timeout,
             agent_lost_after,
-            task_healthy_after
+            task_healthy_after,
+            lb_bind,
+            lb_idle_timeout
         );
         if self.join_token.is_some() {
             c.join_token = self.join_token;
@@ -263,6 +276,7 @@ fn main() -> std::process::ExitCode {
         match cli.cmd {
             Cmd::Server(args) => run_server_cmd(args, started).await,
             Cmd::Dev(args) => dev::run(args, started).await,
+            Cmd::Lb(args) => lbcmd::run(args).await,
             Cmd::Bench { what } => bench::run(what).await,
             Cmd::Agent(args) => agentcmd::run(args).await,
             Cmd::Logs(args) => agentcmd::logs_via_api(args).await,
@@ -405,6 +419,15 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         controller,
         shutdown_rx.clone(),
     ));
+    if let Some(bind) = valid.lb_bind {
+        let opts = berth_lb::LbOptions {
+            bind,
+            idle_timeout: valid.lb_idle_timeout,
+            ..Default::default()
+        };
+        berth_server::lb_runtime::start(node.clone(), opts, shutdown_rx.clone());
+        tracing::info!(bind = %bind, "load balancer: listeners follow the cluster's ELB state");
+    }
 
     let auth = if cfg.auth == "none" {
         tracing::warn!("authentication is OFF (--auth none): anyone who can reach the API can change the cluster");

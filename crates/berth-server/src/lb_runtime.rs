@@ -1,0 +1,286 @@
+//! The load balancer inside a server (and inside `berth lb` edge nodes): it follows
+//! the replicated ELB state and hands the proxy (`berth-lb`) a whole new routing
+//! configuration whenever that state changes. On the Raft leader it also writes the
+//! health its own checker sees back to the store (transitions only), which is what
+//! DescribeTargetHealth shows and what the service controller acts on.
+//!
+//! Every load balancer node checks health on its own (as ALB nodes do), so a node keeps
+//! routing around dead targets while the cluster has no leader.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_lb::{Lb, ListenerConfig, RoutingConfig, TargetConfig, TargetGroupConfig};
+use berth_model::elb::{
+    Listener, Rule, RuleRecord, TargetGroupRecord, TargetHealthUpdate, TargetRecord,
+};
+use berth_store::{Change, Command, StateReader};
+use serde::{Deserialize, Serialize};
+
+use crate::node::ServerNode;
+
+/// Everything a load balancer node needs, in the model's (serde) types. Also the body
+/// of `GET /berth/lb/config`, which `berth lb` edge nodes long-poll.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbSnapshot {
+    pub revision: u64,
+    pub listeners: Vec<Listener>,
+    pub rules: Vec<RuleRecord>,
+    pub target_groups: Vec<TargetGroupRecord>,
+    pub targets: Vec<TargetRecord>,
+}
+
+/// Reads the whole ELB state at the reader's current revision.
+pub fn snapshot(reader: &StateReader) -> Result<LbSnapshot, String> {
+    let revision = reader.revision();
+    let listeners = reader.elb_listeners(None).map_err(|e| e.to_string())?;
+    let mut rules = Vec::new();
+    for l in &listeners {
+        for r in reader
+            .elb_rules(&l.listener_arn)
+            .map_err(|e| e.to_string())?
+        {
+            rules.push(RuleRecord {
+                listener_arn: l.listener_arn.clone(),
+                rule: r,
+            });
+        }
+    }
+    let target_groups = reader.elb_target_groups().map_err(|e| e.to_string())?;
+    let targets = reader.elb_all_targets().map_err(|e| e.to_string())?;
+    Ok(LbSnapshot {
+        revision,
+        listeners,
+        rules,
+        target_groups,
+        targets,
+    })
+}
+
+/// The proxy's configuration from a snapshot. Target groups that no listener uses are
+/// left out (ALB neither checks nor routes them: their targets are `unused`).
+pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
+    let mut rules_of: HashMap<&str, Vec<Rule>> = HashMap::new();
+    for r in &s.rules {
+        rules_of
+            .entry(r.listener_arn.as_str())
+            .or_default()
+            .push(r.rule.clone());
+    }
+    let mut listeners = Vec::new();
+    for l in &s.listeners {
+        let mut rules = rules_of.remove(l.listener_arn.as_str()).unwrap_or_default();
+        if !rules.iter().any(|r| r.is_default) {
+            rules.push(Rule {
+                rule_arn: format!("{}/default", l.listener_arn),
+                priority: "default".into(),
+                conditions: vec![],
+                actions: l.default_actions.clone(),
+                is_default: true,
+            });
+        }
+        listeners.push(ListenerConfig {
+            listener_arn: l.listener_arn.clone(),
+            port: l.port,
+            rules,
+        });
+    }
+    let mut used = std::collections::HashSet::new();
+    for l in &listeners {
+        for r in &l.rules {
+            for a in &r.actions {
+                for (tg, _) in a.forward_targets() {
+                    used.insert(tg);
+                }
+            }
+        }
+    }
+    let mut target_groups: HashMap<String, TargetGroupConfig> = HashMap::new();
+    for tg in &s.target_groups {
+        let arn = &tg.target_group.target_group_arn;
+        if !used.contains(arn) {
+            continue;
+        }
+        target_groups.insert(
+            arn.clone(),
+            TargetGroupConfig {
+                record: tg.clone(),
+                targets: vec![],
+            },
+        );
+    }
+    for t in &s.targets {
+        let Some(g) = target_groups.get_mut(&t.target_group_arn) else {
+            continue;
+        };
+        let Ok(ip) = t.address.parse::<IpAddr>() else {
+            continue;
+        };
+        g.targets.push(TargetConfig {
+            id: t.id.clone(),
+            port: t.port,
+            addr: SocketAddr::new(ip, t.port),
+            draining: t.draining(),
+        });
+    }
+    RoutingConfig {
+        listeners,
+        target_groups,
+    }
+}
+
+/// Whether any change after `after` touched the ELB state (`None`: can't tell, compacted).
+pub fn elb_changed_since(reader: &StateReader, after: u64) -> Option<bool> {
+    match reader.changes_since(after) {
+        Ok(Ok(revs)) => Some(
+            revs.iter()
+                .any(|r| r.changes.iter().any(|c| matches!(c, Change::Elb))),
+        ),
+        _ => None,
+    }
+}
+
+/// Applies a configuration, logging listeners that could not be opened once per
+/// distinct error.
+pub async fn apply_logged(
+    lb: &Lb,
+    cfg: RoutingConfig,
+    reported: &mut HashMap<String, String>,
+) {
+    let errors = lb.apply(cfg).await;
+    let mut now: HashMap<String, String> = HashMap::new();
+    for e in errors {
+        if reported.get(&e.listener_arn) != Some(&e.message) {
+            tracing::warn!(listener = %e.listener_arn, port = e.port, error = %e.message, "load balancer listener could not be opened; retrying on the next change");
+        }
+        now.insert(e.listener_arn, e.message);
+    }
+    *reported = now;
+}
+
+/// Follows the local store: rebuilds the routing configuration on every ELB change
+/// (and every 10 s, which retries listeners that could not be opened).
+pub async fn follow_local(
+    node: Arc<ServerNode>,
+    lb: Arc<Lb>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut applied = node.reader.subscribe();
+    let mut last: Option<u64> = None;
+    let mut reported = HashMap::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(10));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut force = false;
+        tokio::select! {
+            r = applied.changed() => { if r.is_err() { break; } }
+            _ = retry.tick() => { force = true; }
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+        }
+        let rev = node.reader.revision();
+        let changed = match last {
+            None => true,
+            Some(l) if l == rev => false,
+            Some(l) => elb_changed_since(&node.reader, l).unwrap_or(true),
+        };
+        if !changed && !(force && !reported.is_empty()) {
+            last = Some(rev);
+            continue;
+        }
+        match snapshot(&node.reader) {
+            Ok(s) => {
+                last = Some(s.revision);
+                apply_logged(&lb, routing_config(&s), &mut reported).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "load balancer: reading the ELB state failed"),
+        }
+    }
+    lb.shutdown().await;
+}
+
+/// On the leader: writes the local checker's health transitions to the store, batched.
+pub async fn report_health(
+    node: Arc<ServerNode>,
+    lb: Arc<Lb>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut health = lb.health();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = health.changed() => { if r.is_err() { return; } }
+            _ = tick.tick() => {}
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        // Coalesce a burst of transitions into one entry.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let seen = health.borrow_and_update().clone();
+        let Ok(targets) = node.reader.elb_all_targets() else {
+            continue;
+        };
+        let mut updates = Vec::new();
+        for t in targets {
+            if t.draining() {
+                continue;
+            }
+            let key = (t.target_group_arn.clone(), t.id.clone(), t.port);
+            if let Some(h) = seen.get(&key) {
+                if *h != t.health {
+                    updates.push(TargetHealthUpdate {
+                        target_group_arn: t.target_group_arn,
+                        id: t.id,
+                        port: t.port,
+                        health: h.clone(),
+                    });
+                }
+            }
+        }
+        if updates.is_empty() {
+            continue;
+        }
+        if let Err(e) = node.write(Command::SetTargetHealth { updates }).await {
+            tracing::debug!(error = %e.message, "writing target health failed; retrying");
+        }
+    }
+}
+
+/// Starts the server's load balancer: the proxy following the store, and the health
+/// reporter (active while this server leads).
+pub fn start(
+    node: Arc<ServerNode>,
+    opts: berth_lb::LbOptions,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Arc<Lb> {
+    let lb = Lb::new(opts);
+    tokio::spawn(follow_local(node.clone(), lb.clone(), shutdown.clone()));
+    tokio::spawn(report_health(node, lb.clone(), shutdown));
+    lb
+}
+
+/// `GET /berth/lb/config?after=REV`: answers at once when the ELB state changed after
+/// REV (or REV is absent or compacted), else waits up to `wait` for a change and then
+/// answers with the current state anyway.
+pub async fn long_poll(node: &ServerNode, after: Option<u64>, wait: Duration) -> Result<LbSnapshot, String> {
+    if let Some(after) = after {
+        let mut applied = node.reader.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match elb_changed_since(&node.reader, after) {
+                Some(false) => {}
+                _ => break,
+            }
+            tokio::select! {
+                r = applied.changed() => { if r.is_err() { break; } }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+    snapshot(&node.reader)
+}
