@@ -48,6 +48,7 @@ pub enum ErrorKind {
     IncompatibleProtocols,
     UnsupportedProtocol,
     InvalidLoadBalancerAction,
+    TooManyTags,
 }
 
 impl ErrorKind {
@@ -97,6 +98,7 @@ impl ErrorKind {
             ErrorKind::IncompatibleProtocols => "IncompatibleProtocols",
             ErrorKind::UnsupportedProtocol => "UnsupportedProtocol",
             ErrorKind::InvalidLoadBalancerAction => "InvalidLoadBalancerAction",
+            ErrorKind::TooManyTags => "TooManyTags",
         }
     }
 
@@ -246,6 +248,7 @@ mod tests {
             ErrorKind::IncompatibleProtocols,
             ErrorKind::UnsupportedProtocol,
             ErrorKind::InvalidLoadBalancerAction,
+            ErrorKind::TooManyTags,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

@@ -332,6 +332,13 @@ pub enum Command {
     /// Removes targets whose draining ended and clears tasks' `drainUntil` at or before `at`.
     #[serde(rename_all = "camelCase")]
     ElbSweep { at: f64 },
+    /// ELBv2 AddTags on one load balancer, target group, listener or rule (merge by key,
+    /// at most 50: `TooManyTags`; unknown ARN: its kind's NotFound error).
+    #[serde(rename_all = "camelCase")]
+    AddElbTags { arn: String, tags: Vec<Tag> },
+    /// ELBv2 RemoveTags on one resource.
+    #[serde(rename_all = "camelCase")]
+    RemoveElbTags { arn: String, keys: Vec<String> },
 }
 
 /// One task to create, fully decided by the API layer (id, placement, containers).
@@ -404,6 +411,8 @@ impl Command {
             Command::DeregisterTargets { .. } => "DeregisterTargets",
             Command::SetTargetHealth { .. } => "SetTargetHealth",
             Command::ElbSweep { .. } => "ElbSweep",
+            Command::AddElbTags { .. } => "AddElbTags",
+            Command::RemoveElbTags { .. } => "RemoveElbTags",
         }
     }
 }
@@ -1007,7 +1016,9 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::RegisterTargets { .. }
         | Command::DeregisterTargets { .. }
         | Command::SetTargetHealth { .. }
-        | Command::ElbSweep { .. } => crate::elb::apply(st, cmd),
+        | Command::ElbSweep { .. }
+        | Command::AddElbTags { .. }
+        | Command::RemoveElbTags { .. } => crate::elb::apply(st, cmd),
     }
 }
 

@@ -32,6 +32,8 @@ use crate::keys;
 pub const MAX_RULES_PER_LISTENER: usize = 100;
 /// At most this many targets per target group.
 pub const MAX_TARGETS_PER_GROUP: usize = 1000;
+/// At most this many tags per resource.
+pub const MAX_TAGS: usize = 50;
 
 const LB: &[u8] = b"elb\0lb\0";
 const TG: &[u8] = b"elb\0tg\0";
@@ -709,11 +711,67 @@ pub(crate) fn apply<R: KvRead + ?Sized>(
         } => deregister_targets(st, target_group_arn, targets, *at),
         Command::SetTargetHealth { updates } => set_target_health(st, updates),
         Command::ElbSweep { at } => sweep(st, *at),
+        Command::AddElbTags { arn, tags } => {
+            if let Some(r) = tag_resource_missing(st, arn)? {
+                return Ok(r);
+            }
+            let mut current: Vec<Tag> = st.get_json(&keys::tags(arn))?.unwrap_or_default();
+            for t in tags {
+                match current.iter_mut().find(|c| c.key == t.key) {
+                    Some(c) => c.value = t.value.clone(),
+                    None => current.push(t.clone()),
+                }
+            }
+            if current.len() > MAX_TAGS {
+                return Ok(e(
+                    ErrorKind::TooManyTags,
+                    format!(
+                        "Resource '{arn}' would have {} tags; at most {MAX_TAGS} are allowed",
+                        current.len()
+                    ),
+                ));
+            }
+            put_tags(st, arn, &current)?;
+            Ok(Response::Ok)
+        }
+        Command::RemoveElbTags {
+            arn,
+            keys: tag_keys,
+        } => {
+            if let Some(r) = tag_resource_missing(st, arn)? {
+                return Ok(r);
+            }
+            let mut current: Vec<Tag> = st.get_json(&keys::tags(arn))?.unwrap_or_default();
+            current.retain(|t| !tag_keys.contains(&t.key));
+            put_tags(st, arn, &current)?;
+            Ok(Response::Ok)
+        }
         other => Ok(err(ApiError::server(format!(
             "{} is not an ELBv2 command",
             other.name()
         )))),
     }
+}
+
+/// The NotFound answer for a tagged ARN that names no load balancer, target group,
+/// listener or rule (the kind follows the ARN's resource type).
+fn tag_resource_missing<R: KvRead + ?Sized>(
+    st: &Staged<'_, R>,
+    arn: &str,
+) -> Result<Option<Response>, StoreError> {
+    Ok(if arn.contains(":listener-rule/") {
+        rule(st, arn)?.is_none().then(|| rule_not_found(arn))
+    } else if arn.contains(":listener/") {
+        listener(st, arn)?
+            .is_none()
+            .then(|| listener_not_found(arn))
+    } else if arn.contains(":targetgroup/") {
+        target_group_raw(st, arn)?
+            .is_none()
+            .then(|| tg_not_found(arn))
+    } else {
+        load_balancer(st, arn)?.is_none().then(|| lb_not_found(arn))
+    })
 }
 
 fn lb_not_found(arn: &str) -> Response {

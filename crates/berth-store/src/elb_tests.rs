@@ -1485,3 +1485,63 @@ fn elb_commands_round_trip_through_the_log_encoding() {
         assert_eq!(back, req);
     }
 }
+
+#[test]
+fn tags_on_elb_resources() {
+    let mut s = Map::new();
+    create_lb(&mut s, "a");
+    create_tg(&mut s, "web", "ip");
+    let tag = |k: &str| Tag {
+        key: k.into(),
+        value: "v".into(),
+    };
+    ok(run(
+        &mut s,
+        Command::AddElbTags {
+            arn: tg_arn("web"),
+            tags: vec![tag("a"), tag("b")],
+        },
+    ));
+    ok(run(
+        &mut s,
+        Command::RemoveElbTags {
+            arn: tg_arn("web"),
+            keys: vec!["a".into()],
+        },
+    ));
+    let stored: Vec<Tag> = Staged::new(&s)
+        .get_json(&keys::tags(&tg_arn("web")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, vec![tag("b")]);
+    refused(
+        &mut s,
+        Command::AddElbTags {
+            arn: tg_arn("ghost"),
+            tags: vec![tag("a")],
+        },
+        ErrorKind::TargetGroupNotFound,
+    );
+    refused(
+        &mut s,
+        Command::AddElbTags {
+            arn: listener_arn("a", 1),
+            tags: vec![tag("a")],
+        },
+        ErrorKind::ListenerNotFound,
+    );
+    refused(
+        &mut s,
+        Command::AddElbTags {
+            arn: lb_arn("a"),
+            tags: (0..51).map(|i| tag(&format!("k{i}"))).collect(),
+        },
+        ErrorKind::TooManyTags,
+    );
+    // tags go with the resource
+    ok(run(
+        &mut s,
+        Command::DeleteTargetGroup { arn: tg_arn("web") },
+    ));
+    assert_eq!(s.get(&keys::tags(&tg_arn("web"))), None);
+}
