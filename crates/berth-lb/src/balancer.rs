@@ -35,6 +35,10 @@ pub struct TargetState {
     pub(crate) served: AtomicU64,
     pub(crate) pool: Pool,
     pub(crate) hc: Mutex<HealthMachine>,
+    /// Bumped (under `hc`) whenever `apply` stops or replaces this target's checker;
+    /// a checker publishes only while its generation is current, so one that was
+    /// being aborted mid-probe cannot overwrite `draining` or re-add a removed target.
+    pub(crate) checker_gen: AtomicU64,
 }
 
 impl std::fmt::Debug for TargetState {
@@ -59,6 +63,7 @@ impl TargetState {
             served: AtomicU64::new(0),
             pool: Pool::default(),
             hc: Mutex::new(HealthMachine::new()),
+            checker_gen: AtomicU64::new(0),
         })
     }
     pub fn is_draining(&self) -> bool {
@@ -154,7 +159,7 @@ impl GroupTable {
                 let mut best: Option<(&Arc<TargetState>, usize)> = None;
                 for t in candidates().skip(start).chain(candidates().take(start)) {
                     let f = t.in_flight();
-                    if best.map_or(true, |(_, b)| f < b) {
+                    if best.is_none_or(|(_, b)| f < b) {
                         best = Some((t, f));
                     }
                 }
@@ -510,7 +515,7 @@ mod tests {
         let a_n = counts["a"];
         assert!((7_600..8_400).contains(&a_n), "a got {a_n}");
         // Only weight-0 groups: no group.
-        let zero = vec![(c.clone(), 0)];
+        let zero = [(c.clone(), 0)];
         assert!(pick_weighted(&zero[..0], 0, &mut rng).is_none());
     }
 

@@ -295,8 +295,17 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Checks one target until aborted. The first probe runs at once rather than after
 /// one interval, so a freshly started task reaches `healthy` (and gets traffic) after
 /// `HealthyThresholdCount - 1` intervals instead of `HealthyThresholdCount`.
-pub(crate) async fn run_checker(target: Arc<TargetState>, spec: CheckSpec, hub: Arc<HealthHub>) {
+pub(crate) async fn run_checker(
+    target: Arc<TargetState>,
+    spec: CheckSpec,
+    hub: Arc<HealthHub>,
+    generation: u64,
+) {
+    // Called with `target.hc` held, which `apply` also holds to bump the generation.
     let publish = |m: &HealthMachine| {
+        if target.checker_gen.load(Ordering::Relaxed) != generation {
+            return;
+        }
         target.route.store(m.route_class(), Ordering::Relaxed);
         hub.set(&target.key, &m.health);
     };

@@ -134,6 +134,21 @@ struct Checker {
     task: JoinHandle<()>,
 }
 
+/// Stops the target's checker (if any) so that it can no longer publish, then runs
+/// `then` (which publishes the target's new health) under the same lock.
+fn stop_checker(
+    checkers: &mut HashMap<TargetKey, Checker>,
+    state: &TargetState,
+    then: impl FnOnce(&HealthMachine),
+) {
+    let m = state.hc.lock().unwrap_or_else(|e| e.into_inner());
+    state.checker_gen.fetch_add(1, Ordering::Relaxed);
+    if let Some(c) = checkers.remove(&state.key) {
+        c.task.abort();
+    }
+    then(&m);
+}
+
 #[derive(Default)]
 struct ApplyState {
     listeners: HashMap<String, ListenerHandle>,
@@ -232,12 +247,13 @@ impl Lb {
         }
 
         // 2. Health checkers.
-        for key in st.targets.keys() {
-            if !targets.contains_key(key) {
-                if let Some(c) = st.checkers.remove(key) {
-                    c.task.abort();
-                }
-                self.hub.remove(key);
+        for (key, old) in &st.targets {
+            if targets.get(key).is_none_or(|new| !Arc::ptr_eq(new, old)) {
+                stop_checker(&mut st.checkers, old, |_| {
+                    if !targets.contains_key(key) {
+                        self.hub.remove(key)
+                    }
+                });
             }
         }
         if self.opts.health_checks {
@@ -249,37 +265,29 @@ impl Lb {
                     };
                     let spec = CheckSpec::from_group(&tg.record.target_group, state.addr);
                     match (state.is_draining(), spec) {
-                        (true, _) => {
-                            if let Some(c) = st.checkers.remove(&key) {
-                                c.task.abort();
-                            }
-                            self.hub.set(&key, &TargetHealth::draining());
-                        }
-                        (false, None) => {
-                            if let Some(c) = st.checkers.remove(&key) {
-                                c.task.abort();
-                            }
+                        (true, _) => stop_checker(&mut st.checkers, state, |_| {
+                            self.hub.set(&key, &TargetHealth::draining())
+                        }),
+                        (false, None) => stop_checker(&mut st.checkers, state, |_| {
                             state.route.store(ROUTE_HEALTHY, Ordering::Relaxed);
                             self.hub.set(&key, &health_check_disabled());
-                        }
+                        }),
                         (false, Some(spec)) => {
                             let keep = st
                                 .checkers
                                 .get(&key)
                                 .is_some_and(|c| c.spec == spec && !c.task.is_finished());
                             if !keep {
-                                if let Some(c) = st.checkers.remove(&key) {
-                                    c.task.abort();
-                                }
-                                {
-                                    let m = state.hc.lock().unwrap_or_else(|e| e.into_inner());
+                                stop_checker(&mut st.checkers, state, |m| {
                                     state.route.store(m.route_class(), Ordering::Relaxed);
                                     self.hub.set(&key, &m.health);
-                                }
+                                });
+                                let generation = state.checker_gen.load(Ordering::Relaxed);
                                 let task = tokio::spawn(health::run_checker(
                                     state.clone(),
                                     spec.clone(),
                                     self.hub.clone(),
+                                    generation,
                                 ));
                                 st.checkers.insert(key.clone(), Checker { spec, task });
                             }
@@ -300,7 +308,7 @@ impl Lb {
         let gone: Vec<String> = st
             .listeners
             .iter()
-            .filter(|(arn, h)| wanted.get(arn.as_str()).map_or(true, |l| l.port != h.port))
+            .filter(|(arn, h)| wanted.get(arn.as_str()).is_none_or(|l| l.port != h.port))
             .map(|(arn, _)| arn.clone())
             .collect();
         for arn in gone {

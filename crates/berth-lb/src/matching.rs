@@ -258,7 +258,7 @@ impl Condition {
                 q.split('&').filter(|s| !s.is_empty()).any(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                     kvs.iter().any(|(kp, vp)| {
-                        kp.as_deref().map_or(true, |kp| wildcard_match(kp, k, true))
+                        kp.as_deref().is_none_or(|kp| wildcard_match(kp, k, true))
                             && wildcard_match(vp, v, true)
                     })
                 })

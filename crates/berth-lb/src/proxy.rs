@@ -251,7 +251,7 @@ impl Body for LbBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            LbBody::Full(b) => b.as_ref().map_or(true, |b| b.is_empty()),
+            LbBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             LbBody::Proxied(p) => p.inner.is_end_stream(),
         }
     }

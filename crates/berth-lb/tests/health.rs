@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+type ProbeSeen = (String, String, String, String);
+
 const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/web/1";
 
 /// A target whose health endpoint answers with `code`; counts probes and records
@@ -27,7 +29,8 @@ struct Target {
     addr: SocketAddr,
     code: Arc<AtomicU16>,
     probes: Arc<AtomicUsize>,
-    last: Arc<std::sync::Mutex<Option<(String, String, String, String)>>>,
+    /// (uri, host, user-agent, connection) of the last probe.
+    last: Arc<std::sync::Mutex<Option<ProbeSeen>>>,
 }
 
 async fn target() -> Target {

@@ -780,3 +780,71 @@ async fn health_checks_route_only_to_healthy_targets() {
     // Only health checks reached `sick` (at most a couple in that time).
     assert!(sick.requests.load(Ordering::SeqCst) - before <= 2);
 }
+
+/// A raw TCP target that reads a request head and answers with `reply`, then closes.
+async fn raw_target(reply: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test]
+async fn malformed_response_is_502() {
+    let t = raw_target(b"this is not HTTP\r\n\r\n").await;
+    let (_lb, addr) = start(opts(), config(&[(t, false)], 0)).await;
+    let (s, h, body) = get(addr, "/").await;
+    assert_eq!(s, 502);
+    assert_eq!(h["server"], "berth");
+    assert!(body.contains("502 Bad Gateway"));
+}
+
+#[tokio::test]
+async fn target_closing_mid_body_aborts_the_client_connection() {
+    let t = raw_target(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b").await;
+    let (lb, addr) = start(opts(), config(&[(t, false)], 0)).await;
+    let mut c = Client::connect(addr).await;
+    c.send.ready().await.unwrap();
+    let resp = c
+        .send
+        .send_request(
+            Request::get("/")
+                .header("host", "x")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the status was already on its way");
+    let body = timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        body.is_err(),
+        "the client sees a truncated body, not a complete one"
+    );
+    eventually("in flight released", || {
+        lb.stats().values().next().unwrap().in_flight == 0
+    })
+    .await;
+    assert_eq!(
+        lb.stats().values().next().unwrap().idle_connections,
+        0,
+        "broken connection not pooled"
+    );
+}
