@@ -292,6 +292,7 @@ def test_a_task_killed_mid_traffic_fails_over_and_leaves_the_group(env, alb):
     victim = tasks[0]
     vid = victim["taskArn"].rsplit("/", 1)[-1]
     (vb,) = h.task_container(victim, "auth")["networkBindings"]
+    vkey = (victim["containerInstanceArn"].rsplit("/", 1)[-1], vb["hostPort"])
     ns = next(a for a in env.agents
               if a.container_instance(env.node)["containerInstanceArn"] == victim["containerInstanceArn"])
     with Traffic(alb["url"] + "/") as traffic:
@@ -302,7 +303,8 @@ def test_a_task_killed_mid_traffic_fails_over_and_leaves_the_group(env, alb):
 
         def gone():
             th = target_health(env, alb["auth"])
-            return all(t["Target"]["Port"] != vb["hostPort"] or t["TargetHealth"]["State"] == "draining" for t in th)
+            return all((t["Target"]["Id"], t["Target"]["Port"]) != vkey or t["TargetHealth"]["State"] == "draining"
+                       for t in th)
         h.wait_until(gone, 30, "the dead task's target to leave (drain) the group", interval=0.5)
         h.wait_until(lambda: len(healthy_targets(env, alb["auth"], 2, timeout=120)) == 2, 130,
                      "a replacement task to become a healthy target")
@@ -328,6 +330,7 @@ def test_a_failing_health_endpoint_moves_traffic_away_and_the_task_is_replaced(e
     victim = tasks[0]
     vid = victim["taskArn"].rsplit("/", 1)[-1]
     (vb,) = h.task_container(victim, "sick")["networkBindings"]
+    vkey = (victim["containerInstanceArn"].rsplit("/", 1)[-1], vb["hostPort"])
     agent = next(a for a in env.agents
                  if a.container_instance(env.node)["containerInstanceArn"] == victim["containerInstanceArn"])
     with Traffic(alb["url"] + "/sick/", interval=0.05) as traffic:
@@ -339,7 +342,7 @@ def test_a_failing_health_endpoint_moves_traffic_away_and_the_task_is_replaced(e
 
         def unhealthy():
             for t in target_health(env, tg):
-                if t["Target"]["Port"] == vb["hostPort"] and t["TargetHealth"]["State"] == "unhealthy":
+                if (t["Target"]["Id"], t["Target"]["Port"]) == vkey and t["TargetHealth"]["State"] == "unhealthy":
                     return t
             return None
         seen = {}
