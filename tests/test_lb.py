@@ -367,3 +367,46 @@ def test_a_failing_health_endpoint_moves_traffic_away_and_the_task_is_replaced(e
     events = [e["message"] for e in describe_service(env, "sick")["events"]]
     assert any("is unhealthy in (target-group " + tg in m for m in events), events
     assert not [f for f in traffic.failures if f[0] > t_sick], traffic.failures[:5]
+
+
+@pytest.mark.timeout(240)
+def test_an_edge_node_follows_the_cluster(env, alb, hosts, tmp_path):
+    """`berth lb --server …` on another machine (network namespace berth-h1, 10.99.0.11):
+    it serves the same listeners and targets, and a new rule reaches it within a second
+    or so of the change (long-polled from the server)."""
+    import subprocess
+
+    ip = hosts.ip_of("berth-h1")
+    log = open(tmp_path / "edge.log", "wb")
+    proc = subprocess.Popen(["nsenter", "--net=/run/netns/berth-h1", "--", str(h.BERTH_BIN), "lb",
+                             "--server", f"{env.node.host}:{env.node.api_port}", "--join-token", h.JOIN_TOKEN,
+                             "--bind", ip], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        edge = f"http://{ip}:{alb['port']}"
+        healthy_targets(env, alb["auth"], 2)
+
+        def serves_auth():
+            s, b = get(edge + "/", timeout=2)
+            return s == 200 and "task=" in b
+        h.wait_until(serves_auth, 30, "the edge node to serve the listener", interval=0.3,
+                     on_timeout=lambda: (tmp_path / "edge.log").read_text(errors="replace")[-3000:])
+        # A change made through the API reaches the edge node promptly.
+        t0 = time.monotonic()
+        elb(env, "create-rule", "--listener-arn", alb["listener"]["ListenerArn"], "--priority", "5",
+            "--conditions", "Field=path-pattern,Values=/edge-check",
+            "--actions", "Type=fixed-response,FixedResponseConfig={StatusCode=418,ContentType=text/plain,"
+                         "MessageBody=from-the-rule}")
+        h.wait_until(lambda: get(edge + "/edge-check", timeout=2) == (418, "from-the-rule"), 10,
+                     "the edge node to apply the new rule", interval=0.05)
+        took = time.monotonic() - t0
+        assert took < 3, f"the edge node took {took:.2f} s to apply a new rule"
+        # The server's own listener answers the same.
+        assert get(alb["url"] + "/edge-check") == (418, "from-the-rule")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert proc.returncode is not None
