@@ -146,6 +146,17 @@ def test_load_balancer_shape_and_describe(server):
     assert tags["TagDescriptions"] == [{"ResourceArn": lb["LoadBalancerArn"],
                                         "Tags": [{"Key": "team", "Value": "web"}]}]
 
+    tg = create_tg(server)
+    elb(server, "add-tags", "--resource-arns", lb["LoadBalancerArn"], tg["TargetGroupArn"],
+        "--tags", "Key=env,Value=stage", "Key=team,Value=api")
+    elb(server, "remove-tags", "--resource-arns", lb["LoadBalancerArn"], "--tag-keys", "env")
+    tags = elb(server, "describe-tags", "--resource-arns", lb["LoadBalancerArn"],
+               tg["TargetGroupArn"]).json["TagDescriptions"]
+    assert [sorted((t["Key"], t["Value"]) for t in d["Tags"]) for d in tags] == [
+        [("team", "api")], [("env", "stage"), ("team", "api")]]
+    elb_fails(server, "AddTags", "LoadBalancerNotFound", "add-tags", "--resource-arns",
+              f"{ARN_PREFIX}:loadbalancer/app/ghost/0123456789abcdef", "--tags", "Key=a,Value=b")
+
     internal = create_lb(server, None, "--scheme", "internal")
     assert internal["Scheme"] == "internal"
 

@@ -125,6 +125,8 @@ async fn dispatch(ctx: &Ctx, action: &str, p: &Params<'_>) -> R<Value> {
         "DeregisterTargets" => deregister_targets(ctx, p).await,
         "DescribeTargetHealth" => describe_target_health(ctx, p),
         "DescribeTags" => describe_tags(ctx, p),
+        "AddTags" => add_tags(ctx, p).await,
+        "RemoveTags" => remove_tags(ctx, p).await,
         other => Err(ElbError::new(
             "InvalidAction",
             400,
@@ -1198,8 +1200,8 @@ fn describe_target_health(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
 
 // ---------------------------------------------------------------- tags
 
-/// DescribeTags: the tags of load balancers, target groups, listeners and rules (≤20 ARNs).
-fn describe_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
+/// `ResourceArns` (1-20), each an existing load balancer, target group, listener or rule.
+fn resource_arns(ctx: &Ctx, p: &Params<'_>) -> R<Vec<String>> {
     let arns = p.str_list("ResourceArns")?.unwrap_or_default();
     if arns.is_empty() || arns.len() > 20 {
         return Err(ElbError::validation(format!(
@@ -1207,7 +1209,6 @@ fn describe_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
             arns.len()
         )));
     }
-    let mut out = Vec::new();
     for arn in &arns {
         if arn.contains(":loadbalancer/") {
             load_balancer(ctx, arn)?;
@@ -1222,10 +1223,18 @@ fn describe_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
                 "'{arn}' is not a load balancer, target group, listener or rule ARN"
             )));
         }
+    }
+    Ok(arns)
+}
+
+/// DescribeTags: the tags of load balancers, target groups, listeners and rules.
+fn describe_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
+    let mut out = Vec::new();
+    for arn in resource_arns(ctx, p)? {
         let tags: Vec<Value> = ctx
             .node
             .reader
-            .tags(arn)
+            .tags(&arn)
             .map_err(store_err)?
             .into_iter()
             .map(|t| json!({ "Key": t.key, "Value": t.value }))
@@ -1233,6 +1242,47 @@ fn describe_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         out.push(json!({ "ResourceArn": arn, "Tags": tags }));
     }
     Ok(json!({ "TagDescriptions": out }))
+}
+
+/// AddTags: every resource is checked before any is tagged (one write per resource).
+async fn add_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
+    let arns = resource_arns(ctx, p)?;
+    let tags = v::tags(p)?;
+    if tags.is_empty() {
+        return Err(ElbError::validation("At least one tag must be specified"));
+    }
+    for arn in arns {
+        let cmd = Command::AddElbTags {
+            arn,
+            tags: tags.clone(),
+        };
+        match propose(ctx, cmd).await? {
+            StoreResponse::Ok => {}
+            other => return Err(unexpected(other)),
+        }
+    }
+    Ok(json!({}))
+}
+
+async fn remove_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
+    let arns = resource_arns(ctx, p)?;
+    let keys = p.str_list("TagKeys")?.unwrap_or_default();
+    if keys.is_empty() {
+        return Err(ElbError::validation(
+            "At least one tag key must be specified",
+        ));
+    }
+    for arn in arns {
+        let cmd = Command::RemoveElbTags {
+            arn,
+            keys: keys.clone(),
+        };
+        match propose(ctx, cmd).await? {
+            StoreResponse::Ok => {}
+            other => return Err(unexpected(other)),
+        }
+    }
+    Ok(json!({}))
 }
 
 #[cfg(test)]
