@@ -235,6 +235,9 @@ def test_two_services_behind_one_listener(env, alb):
         h.wait_until(lambda: describe_service(env, name)["deployments"][0]["rolloutState"] == "COMPLETED",
                      60, f"{name}'s deployment to complete")
 
+    events = [e["message"] for e in describe_service(env, "auth")["events"]]
+    assert f"(service auth) registered 1 targets in (target-group {alb['auth']})" in events, events
+
     answers = [get(alb["url"] + "/") for _ in range(20)]
     assert all(s == 200 and b.startswith("auth task=") for s, b in answers), answers
     auth_ids = {t["taskArn"].rsplit("/", 1)[-1] for t in service_tasks(env, "auth")}
@@ -280,6 +283,9 @@ def test_rolling_update_behind_the_listener_fails_no_request(env, alb):
     assert all(b.startswith("auth-v2") for (t, b) in traffic.bodies if t > t_done)
     old = env.describe(next(iter(before)))
     assert old["stopCode"] == "ServiceSchedulerInitiated", old
+    events = [e["message"] for e in describe_service(env, "auth")["events"]]
+    assert "(service auth) has begun draining connections on 1 tasks." in events, events
+    assert f"(service auth) deregistered 1 targets in (target-group {alb['auth']})" in events, events
     # only the new tasks are targets now
     th = healthy_targets(env, alb["auth"], 2, timeout=30)
     assert {(t["Target"]["Id"], t["Target"]["Port"]) for t in th} == expected_targets(env, "auth", "auth", 10080)

@@ -242,7 +242,65 @@ pub struct ServiceRecord {
     pub client_token: Option<String>,
 }
 
+fn event_fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A service event's id: a UUID-shaped hash of the service ARN and the event's number
+/// (deterministic, so every server applies the same).
+pub fn service_event_id(service_arn: &str, n: u64) -> String {
+    let n = n.to_le_bytes();
+    let a = event_fnv1a([service_arn.as_bytes(), &n[..], b"hi"]);
+    let b = event_fnv1a([service_arn.as_bytes(), &n[..], b"lo"]);
+    let hex = format!("{a:016x}{b:016x}");
+    let variant = ["8", "9", "a", "b"][usize::from(hex.as_bytes()[16] & 3)];
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        variant,
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// A repeat of the newest event within this long is not added again (ECS: 6 h).
+pub const SERVICE_EVENT_DEDUP_SECS: f64 = 6.0 * 3600.0;
+/// Events kept per service (ECS shows the newest 100).
+pub const SERVICE_MAX_EVENTS: usize = 100;
+
 impl ServiceRecord {
+    /// Adds an event (newest first), unless it repeats the newest one within 6 h.
+    pub fn push_event(&mut self, message: String, now: f64) {
+        if let Some(newest) = self.service.events.first() {
+            if newest.message == message && now - newest.created_at < SERVICE_EVENT_DEDUP_SECS {
+                return;
+            }
+        }
+        let id = service_event_id(&self.service.service_arn, self.next_event);
+        self.next_event += 1;
+        self.service.events.insert(
+            0,
+            ServiceEvent {
+                id,
+                created_at: now,
+                message,
+            },
+        );
+        self.service.events.truncate(SERVICE_MAX_EVENTS);
+    }
+
     pub fn name(&self) -> &str {
         &self.service.service_name
     }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::{
     circuit_breaker_threshold, max_tasks, min_healthy_tasks, Deployment, DeploymentHistory,
-    ServiceEvent, ServiceRecord,
+    ServiceRecord,
 };
 
 /// One task of the service as the reconciler sees it.
@@ -211,22 +211,6 @@ fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
 }
 
 /// A uuid-shaped (version 4 layout) event id derived from the service and the counter.
-fn event_id(service_arn: &str, n: u64) -> String {
-    let n = n.to_le_bytes();
-    let a = fnv1a([service_arn.as_bytes(), &n[..], b"hi"]);
-    let b = fnv1a([service_arn.as_bytes(), &n[..], b"lo"]);
-    let hex = format!("{a:016x}{b:016x}");
-    let variant = ["8", "9", "a", "b"][usize::from(hex.as_bytes()[16] & 3)];
-    format!(
-        "{}-{}-4{}-{}{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[13..16],
-        variant,
-        &hex[17..20],
-        &hex[20..32]
-    )
-}
 
 /// The short id ECS prints in events: the last segment of an ARN, or the id itself.
 fn short_id(id: &str) -> &str {
@@ -1131,22 +1115,7 @@ pub fn reconcile(input: &Input<'_>) -> Decision {
 /// Adds an event (newest first, ≤100), unless the newest event already says the same
 /// and is younger than 6 hours (ECS suppresses duplicates).
 pub fn push_event(record: &mut ServiceRecord, message: String, now: f64) {
-    if let Some(newest) = record.service.events.first() {
-        if newest.message == message && now - newest.created_at < EVENT_DEDUP_SECS {
-            return;
-        }
-    }
-    let id = event_id(&record.service.service_arn, record.next_event);
-    record.next_event += 1;
-    record.service.events.insert(
-        0,
-        ServiceEvent {
-            id,
-            created_at: now,
-            message,
-        },
-    );
-    record.service.events.truncate(MAX_EVENTS);
+    record.push_event(message, now);
 }
 
 /// Starts a deployment of `task_definition` with id `id` (`ecs-svc/<19 digits>`): it

@@ -1462,7 +1462,39 @@ pub(crate) fn begin_task_drain<R: KvRead + ?Sized>(
     task_id: &str,
     at: f64,
 ) -> Result<Option<f64>, StoreError> {
-    drain_task_targets(st, cluster, task_id, at)
+    let until = drain_task_targets(st, cluster, task_id, at)?;
+    if until.is_some() {
+        if let Some(service) = targets_of_task(st, cluster, task_id)?
+            .into_iter()
+            .find_map(|t| t.task.map(|t| t.service_name))
+        {
+            service_event(
+                st,
+                cluster,
+                &service,
+                format!("(service {service}) has begun draining connections on 1 tasks."),
+                at,
+            )?;
+        }
+    }
+    Ok(until)
+}
+
+/// Adds an event to a service (as ECS does for its load balancer wiring). The record's
+/// version moves, so a controller decision computed before it is recomputed.
+fn service_event<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    cluster: &str,
+    service: &str,
+    message: String,
+    at: f64,
+) -> Result<(), StoreError> {
+    if let Some(mut rec) = crate::services::load_service(st, cluster, service)? {
+        rec.push_event(message, at);
+        rec.version += 1;
+        crate::services::put_service(st, cluster, &rec)?;
+    }
+    Ok(())
 }
 
 fn drain_task_targets<R: KvRead + ?Sized>(
@@ -1481,6 +1513,19 @@ fn drain_task_targets<R: KvRead + ?Sized>(
             .unwrap_or(0);
         if let Some(u) = deregister(st, &t, delay, at)? {
             last = Some(last.map_or(u, |l: f64| l.max(u)));
+        }
+        if let Some(task) = &t.task {
+            let service = &task.service_name;
+            service_event(
+                st,
+                cluster,
+                service,
+                format!(
+                    "(service {service}) deregistered 1 targets in (target-group {})",
+                    t.target_group_arn
+                ),
+                at,
+            )?;
         }
     }
     Ok(last)
@@ -1588,6 +1633,13 @@ fn register_task_targets<R: KvRead + ?Sized>(
             health: TargetHealth::initial(),
         };
         put_target(st, old.as_ref(), &new)?;
+        service_event(
+            st,
+            cluster,
+            name,
+            format!("(service {name}) registered 1 targets in (target-group {tg_arn})"),
+            at,
+        )?;
     }
     Ok(())
 }

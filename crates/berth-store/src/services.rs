@@ -124,7 +124,7 @@ fn with_tags<R: KvRead + ?Sized>(
     Ok(rec)
 }
 
-fn put_service<R: KvRead + ?Sized>(
+pub(crate) fn put_service<R: KvRead + ?Sized>(
     st: &mut Staged<'_, R>,
     cluster: &str,
     rec: &ServiceRecord,
