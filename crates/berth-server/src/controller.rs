@@ -184,7 +184,7 @@ fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
                     state.dirty.insert((cluster, name));
                 }
                 // Target health moved: services behind load balancers may step on.
-                Change::Elb => {
+                Change::Elb | Change::ElbHealth => {
                     state.elb_dirty = true;
                 }
                 Change::Membership | Change::TaskDefinition { .. } | Change::Tags { .. } => {}
@@ -338,7 +338,14 @@ fn has_health_check(td: &TaskDefinition) -> bool {
 }
 
 /// The load balancer's view of a task of a service with `loadBalancers`: healthy when
-/// it has a healthy target in each of the service's (existing) target groups.
+/// every target it has (in target groups that still exist) is healthy.
+///
+/// A task is judged by the targets it actually has, not by the service's current list:
+/// tasks of an older deployment that predates a `loadBalancers` change are not all
+/// "not healthy" at once (which would let a rollout stop them below the minimum). A
+/// RUNNING task with no live target at all (registered before the service had load
+/// balancers, its binding missing, or deregistered by hand) falls back to the rules
+/// without a load balancer, so it can never be stuck "starting" for good.
 fn lb_info(
     node: &ServerNode,
     cluster: &str,
@@ -348,39 +355,46 @@ fn lb_info(
     if groups.is_empty() {
         return Ok(None);
     }
-    let mut info = LbInfo::default();
     if t.task.last_status() != "RUNNING" {
-        return Ok(Some(info));
+        return Ok(Some(LbInfo::default()));
     }
     let targets = node
         .reader
         .elb_targets_of_task(cluster, t.task.id())
         .map_err(serr)?;
-    let mut healthy_in = BTreeSet::new();
+    let mut info = LbInfo {
+        healthy: true,
+        unhealthy: None,
+    };
+    let mut live = 0;
     for tr in &targets {
         if tr.draining() || !groups.contains(&tr.target_group_arn) {
             continue;
         }
+        live += 1;
         match tr.health.state.as_str() {
-            "healthy" | "unavailable" => {
-                healthy_in.insert(tr.target_group_arn.clone());
+            "healthy" | "unavailable" => {}
+            "unhealthy" => {
+                info.healthy = false;
+                if info.unhealthy.is_none() {
+                    info.unhealthy = Some(LbUnhealthy {
+                        target_group_arn: tr.target_group_arn.clone(),
+                        target_id: tr.id.clone(),
+                        port: tr.port,
+                        description: tr
+                            .health
+                            .description
+                            .clone()
+                            .unwrap_or_else(|| "Health checks failed".into()),
+                    });
+                }
             }
-            "unhealthy" if info.unhealthy.is_none() => {
-                info.unhealthy = Some(LbUnhealthy {
-                    target_group_arn: tr.target_group_arn.clone(),
-                    target_id: tr.id.clone(),
-                    port: tr.port,
-                    description: tr
-                        .health
-                        .description
-                        .clone()
-                        .unwrap_or_else(|| "Health checks failed".into()),
-                });
-            }
-            _ => {}
+            _ => info.healthy = false,
         }
     }
-    info.healthy = healthy_in.len() == groups.len();
+    if live == 0 {
+        return Ok(None);
+    }
     Ok(Some(info))
 }
 

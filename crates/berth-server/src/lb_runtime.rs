@@ -166,6 +166,7 @@ pub async fn apply_logged(
 pub async fn follow_local(
     node: Arc<ServerNode>,
     lb: Arc<Lb>,
+    serve: bool,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut applied = node.reader.subscribe();
@@ -193,7 +194,12 @@ pub async fn follow_local(
         match snapshot(&node.reader) {
             Ok(s) => {
                 last = Some(s.revision);
-                apply_logged(&lb, routing_config(&s), &mut reported).await;
+                let mut cfg = routing_config(&s);
+                if !serve {
+                    // Health checks only (the leader's view feeds deployments).
+                    cfg.listeners.clear();
+                }
+                apply_logged(&lb, cfg, &mut reported).await;
             }
             Err(e) => tracing::warn!(error = %e, "load balancer: reading the ELB state failed"),
         }
@@ -232,7 +238,18 @@ pub async fn report_health(
             }
             let key = (t.target_group_arn.clone(), t.id.clone(), t.port);
             if let Some(h) = seen.get(&key) {
-                if *h != t.health {
+                // Written: state changes, and the reasons of `initial`. Not written: a
+                // new checker's `initial` over a settled verdict (a restarted server
+                // that just became leader must not make every task unhealthy for the
+                // deployments), and an unhealthy target's reason moving between codes
+                // (each write wakes the controller for every load-balanced service).
+                let settled = matches!(t.health.state.as_str(), "healthy" | "unhealthy");
+                let changed = if h.state == "initial" {
+                    !settled && *h != t.health
+                } else {
+                    h.state != t.health.state
+                };
+                if changed {
                     updates.push(TargetHealthUpdate {
                         target_group_arn: t.target_group_arn,
                         id: t.id,
@@ -253,13 +270,17 @@ pub async fn report_health(
 
 /// Starts the server's load balancer: the proxy following the store, and the health
 /// reporter (active while this server leads).
+///
+/// With `serve` false (`--lb-bind none`) no listener opens, but the health checks still
+/// run: whichever server leads must report target health for deployments to proceed.
 pub fn start(
     node: Arc<ServerNode>,
     opts: berth_lb::LbOptions,
+    serve: bool,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Arc<Lb> {
     let lb = Lb::new(opts);
-    tokio::spawn(follow_local(node.clone(), lb.clone(), shutdown.clone()));
+    tokio::spawn(follow_local(node.clone(), lb.clone(), serve, shutdown.clone()));
     tokio::spawn(report_health(node, lb.clone(), shutdown));
     lb
 }
@@ -271,10 +292,17 @@ pub async fn long_poll(node: &ServerNode, after: Option<u64>, wait: Duration) ->
     if let Some(after) = after {
         let mut applied = node.reader.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
+        // Each revision's changes are read once: the cursor follows what was scanned.
+        let mut cursor = after;
         loop {
-            match elb_changed_since(&node.reader, after) {
-                Some(false) => {}
-                _ => break,
+            let now = node.reader.revision();
+            if now < after {
+                // This server lags behind what the caller has seen: wait for it.
+            } else {
+                match elb_changed_since(&node.reader, cursor) {
+                    Some(false) => cursor = now,
+                    _ => break,
+                }
             }
             tokio::select! {
                 r = applied.changed() => { if r.is_err() { break; } }

@@ -522,6 +522,9 @@ pub enum Change {
     },
     /// Any ELBv2 object (load balancer, listener, rule, target group, target) changed.
     Elb,
+    /// Only the stored health of targets changed (SetTargetHealth): the controller acts
+    /// on it; load balancer nodes, which check health themselves, ignore it.
+    ElbHealth,
 }
 
 /// Family bookkeeping that outlives every revision: revisions are never reused.

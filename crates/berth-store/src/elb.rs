@@ -1357,7 +1357,9 @@ fn set_target_health<R: KvRead + ?Sized>(
         let mut new = old.clone();
         new.health = u.health.clone();
         st.put_json(target_key(&new.target_group_arn, &new.id, new.port), &new)?;
-        touched(st);
+        if !st.changes.contains(&Change::ElbHealth) {
+            st.changes.push(Change::ElbHealth);
+        }
     }
     Ok(Response::Ok)
 }

@@ -87,6 +87,12 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         };
         match fetched {
+            Ok(s) if current.as_ref().is_some_and(|c| s.revision < c.revision) => {
+                // A server that lags behind the one answered before: keep the newer
+                // routes, ask again.
+                tracing::debug!(server, revision = s.revision, "berth lb: ignoring an older state");
+                i += 1;
+            }
             Ok(s) => {
                 if failures > 0 {
                     tracing::info!(server, "berth lb: following the cluster again");

@@ -419,14 +419,20 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         controller,
         shutdown_rx.clone(),
     ));
-    if let Some(bind) = valid.lb_bind {
+    {
         let opts = berth_lb::LbOptions {
-            bind,
+            bind: valid
+                .lb_bind
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
             idle_timeout: valid.lb_idle_timeout,
             ..Default::default()
         };
-        berth_server::lb_runtime::start(node.clone(), opts, shutdown_rx.clone());
-        tracing::info!(bind = %bind, "load balancer: listeners follow the cluster's ELB state");
+        let serve = valid.lb_bind.is_some();
+        berth_server::lb_runtime::start(node.clone(), opts, serve, shutdown_rx.clone());
+        match valid.lb_bind {
+            Some(bind) => tracing::info!(bind = %bind, "load balancer: listeners follow the cluster's ELB state"),
+            None => tracing::info!("load balancer: no listeners on this server (--lb-bind none); health checks still run"),
+        }
     }
 
     let auth = if cfg.auth == "none" {
