@@ -122,10 +122,22 @@ struct ListenerHandle {
 }
 
 impl ListenerHandle {
+    /// Stops accepting and tells the listener's connections to finish and close. The
+    /// socket is dropped with the accept task, which happens soon but not before this
+    /// returns: use [`ListenerHandle::close_now`] when the port must be free afterwards.
     fn close(self) {
-        // Aborting the accept task drops the socket: no new connections from now on.
         self.accept.abort();
         let _ = self.stop.send(true);
+    }
+
+    /// [`ListenerHandle::close`], returning once the listening socket is closed (the
+    /// aborted accept task has been dropped), so its port can be bound again at once.
+    async fn close_now(self) {
+        self.accept.abort();
+        let _ = self.stop.send(true);
+        // An aborted task's future (which owns the socket) is dropped before its
+        // `JoinHandle` resolves.
+        let _ = self.accept.await;
     }
 }
 
@@ -188,10 +200,11 @@ impl Lb {
     }
 
     /// Replace the whole routing configuration: opens listeners that are new, closes
-    /// removed ones (in-flight requests finish), swaps the routing table, starts and
-    /// stops health checkers (a target keeps its health state across calls while it
-    /// stays in its group). Returns the listeners that could not be opened; they are
-    /// retried on the next call.
+    /// removed ones (in-flight requests finish; a new listener on a removed one's port
+    /// takes over its open socket and connections instead, so the port never closes),
+    /// swaps the routing table, starts and stops health checkers (a target keeps its
+    /// health state across calls while it stays in its group). Returns the listeners
+    /// that could not be opened; they are retried on the next call.
     pub async fn apply(&self, cfg: RoutingConfig) -> Vec<ListenerError> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
@@ -299,7 +312,12 @@ impl Lb {
         st.targets = targets;
         st.cursors = cursors;
 
-        // 3. Listeners: close removed (or moved) ones first so their ports can be reused.
+        // 3. Listeners. Those that stay (same ARN and port) get the new table below. A
+        //    removed (or moved) listener whose port a new listener wants is taken over
+        //    by it: the open socket, its accept loop and its connections carry on with
+        //    the new listener's table, so the port never stops accepting (closing and
+        //    binding again would race the socket's close: EADDRINUSE). The other removed
+        //    ones are closed, their sockets closed before any new bind.
         let wanted: HashMap<&str, &ListenerConfig> = cfg
             .listeners
             .iter()
@@ -311,10 +329,22 @@ impl Lb {
             .filter(|(arn, h)| wanted.get(arn.as_str()).is_none_or(|l| l.port != h.port))
             .map(|(arn, _)| arn.clone())
             .collect();
-        for arn in gone {
-            if let Some(h) = st.listeners.remove(&arn) {
-                h.close();
+        let mut gone: Vec<(String, ListenerHandle)> = gone
+            .into_iter()
+            .filter_map(|arn| st.listeners.remove(&arn).map(|h| (arn, h)))
+            .collect();
+        for l in &cfg.listeners {
+            if l.port == 0 || st.listeners.contains_key(&l.listener_arn) {
+                continue;
             }
+            if let Some(i) = gone.iter().position(|(_, h)| h.port == l.port) {
+                let (old, h) = gone.swap_remove(i);
+                tracing::info!(listener = %l.listener_arn, replaces = %old, local = %h.local, "listener taken over");
+                st.listeners.insert(l.listener_arn.clone(), h);
+            }
+        }
+        for (_, h) in gone {
+            h.close_now().await;
         }
         let mut errors = vec![];
         for l in &cfg.listeners {
@@ -408,7 +438,7 @@ impl Lb {
     pub async fn shutdown(&self) {
         let mut st = self.state.lock().await;
         for (_, h) in st.listeners.drain() {
-            h.close();
+            h.close_now().await;
         }
         for (_, c) in st.checkers.drain() {
             c.task.abort();

@@ -848,3 +848,132 @@ async fn target_closing_mid_body_aborts_the_client_connection() {
         "broken connection not pooled"
     );
 }
+
+/// A port that was free a moment ago (for listeners that must keep their port).
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn listener_on(arn: &str, port: u16) -> ListenerConfig {
+    ListenerConfig {
+        listener_arn: arn.into(),
+        port,
+        rules: vec![default_rule(forward(TG))],
+    }
+}
+
+fn config_listeners(
+    targets: &[(SocketAddr, bool)],
+    listeners: Vec<ListenerConfig>,
+) -> RoutingConfig {
+    RoutingConfig {
+        listeners,
+        target_groups: HashMap::from([(
+            TG.to_string(),
+            group(targets, TargetGroup::default(), vec![]),
+        )]),
+    }
+}
+
+/// A GET that must succeed within a short deadline (no retry loop beyond that).
+async fn get_soon(port: u16) -> (StatusCode, String) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let req = Request::get("/")
+                    .header("host", "x")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let resp = timeout(Duration::from_secs(5), send.send_request(req))
+                    .await
+                    .expect("response in time")
+                    .unwrap();
+                let s = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                return (s, String::from_utf8_lossy(&body).into_owned());
+            }
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "port {port} refuses connections: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_replaced_on_the_same_port_keeps_serving() {
+    const A: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/lb/1/a";
+    const B: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/lb/1/b";
+    const C: &str = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/lb/1/c";
+    let be = ok_backend("up").await;
+    let t = [(be.addr, false)];
+    let lb = Lb::new(opts());
+    let p = free_port().await;
+    let q = free_port().await;
+    let errs = lb
+        .apply(config_listeners(&t, vec![listener_on(A, p)]))
+        .await;
+    assert!(errs.is_empty(), "{errs:?}");
+    // A keep-alive client of the old listener.
+    let mut old_client = Client::connect(([127, 0, 0, 1], p).into()).await;
+    assert_eq!(old_client.get("/", &[]).await.0, 200);
+    for round in 0..5 {
+        // DeleteListener A + CreateListener B on the same port, seen in one apply.
+        let errs = lb
+            .apply(config_listeners(&t, vec![listener_on(B, p)]))
+            .await;
+        assert!(errs.is_empty(), "round {round}: {errs:?}");
+        let listening = lb.listening();
+        assert_eq!(listening.len(), 1);
+        assert_eq!(listening[B].port(), p);
+        assert_eq!(get_soon(p).await, (StatusCode::OK, "up".to_string()));
+        // And back again.
+        let errs = lb
+            .apply(config_listeners(&t, vec![listener_on(A, p)]))
+            .await;
+        assert!(errs.is_empty(), "round {round}: {errs:?}");
+        assert_eq!(lb.listening()[A].port(), p);
+        assert_eq!(get_soon(p).await, (StatusCode::OK, "up".to_string()));
+    }
+    // The port never closed: the connection opened before the replacements still works.
+    assert_eq!(old_client.get("/", &[]).await.0, 200);
+    // Two listeners trading ports in one apply.
+    let errs = lb
+        .apply(config_listeners(
+            &t,
+            vec![listener_on(A, p), listener_on(C, q)],
+        ))
+        .await;
+    assert!(errs.is_empty(), "{errs:?}");
+    let errs = lb
+        .apply(config_listeners(
+            &t,
+            vec![listener_on(A, q), listener_on(C, p)],
+        ))
+        .await;
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(lb.listening()[A].port(), q);
+    assert_eq!(lb.listening()[C].port(), p);
+    assert_eq!(get_soon(p).await.0, StatusCode::OK);
+    assert_eq!(get_soon(q).await.0, StatusCode::OK);
+    // A listener removed and added back on the next apply binds its port again.
+    for round in 0..5 {
+        assert!(lb.apply(config_listeners(&t, vec![])).await.is_empty());
+        let errs = lb
+            .apply(config_listeners(&t, vec![listener_on(B, p)]))
+            .await;
+        assert!(errs.is_empty(), "round {round}: {errs:?}");
+        assert_eq!(get_soon(p).await.0, StatusCode::OK);
+    }
+    lb.shutdown().await;
+}
