@@ -86,35 +86,48 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    fn checkout(&self, idle_timeout: Duration) -> Option<SendRequest<Incoming>> {
+    /// The warmest ready connection or, when none is ready, the warmest one that is
+    /// not ready yet (checked in the moment its response ended, its connection task
+    /// may not have marked it ready yet). Connections that are not ready stay pooled;
+    /// only closed and expired ones are dropped.
+    fn checkout(&self, idle_timeout: Duration) -> Option<IdleConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let mut not_ready = None;
-        while let Some(c) = idle.pop() {
+        let mut not_ready: Option<usize> = None;
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let c = &idle[i];
             if c.sender.is_closed() || c.since.elapsed() >= idle_timeout {
+                idle.remove(i);
+                if let Some(n) = not_ready.as_mut() {
+                    // Above `i`: shifted down by the removal.
+                    *n -= 1;
+                }
                 continue;
             }
             if c.sender.is_ready() {
-                return Some(c.sender);
+                return Some(idle.remove(i));
             }
-            // Checked in the moment its response ended; its connection task may
-            // not have marked it ready yet.
-            if not_ready.is_none() {
-                not_ready = Some(c.sender);
-            }
+            not_ready.get_or_insert(i);
         }
-        not_ready
+        not_ready.map(|n| idle.remove(n))
     }
 
     fn checkin(&self, sender: SendRequest<Incoming>) {
-        if sender.is_closed() {
+        self.restore(IdleConn {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Puts a connection back (unless closed or the pool is full), keeping its `since`.
+    fn restore(&self, c: IdleConn) {
+        if c.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_TARGET {
-            idle.push(IdleConn {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(c);
         }
     }
 
@@ -157,18 +170,21 @@ async fn connect(
     Ok(sender)
 }
 
-/// A pooled connection, or a new one; a stale pooled one that is not ready after
-/// a moment is given up for a new connection.
+/// A pooled connection, or a new one. A pooled one that is not ready after a moment
+/// goes back to the pool (it is not broken, only slow to be marked ready) and a new
+/// connection is opened.
 async fn obtain(
     t: &TargetState,
     to: &Timeouts,
 ) -> Result<(SendRequest<Incoming>, bool), ConnectError> {
-    if let Some(mut s) = t.pool.checkout(to.idle) {
-        if s.is_ready() {
-            return Ok((s, true));
+    if let Some(mut c) = t.pool.checkout(to.idle) {
+        if c.sender.is_ready() {
+            return Ok((c.sender, true));
         }
-        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(20), s.ready()).await {
-            return Ok((s, true));
+        match tokio::time::timeout(Duration::from_millis(20), c.sender.ready()).await {
+            Ok(Ok(())) => return Ok((c.sender, true)),
+            Ok(Err(_)) => {}
+            Err(_) => t.pool.restore(c),
         }
     }
     connect(t.addr, to.connect).await.map(|s| (s, false))
@@ -725,4 +741,108 @@ fn respond(
         }),
     };
     Response::from_parts(parts, LbBody::Proxied(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client connection to `addr` whose connection task is `conn` (not spawned:
+    /// until it runs, the sender is neither ready nor closed).
+    async fn sender(
+        addr: SocketAddr,
+    ) -> (
+        SendRequest<Incoming>,
+        hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Incoming>,
+    ) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pool_keeps_connections_that_are_not_ready_yet() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _accept = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let idle = Duration::from_secs(60);
+        let pool = Pool::default();
+        let mut conns = vec![];
+        for _ in 0..3 {
+            let (s, c) = sender(addr).await;
+            assert!(!s.is_ready() && !s.is_closed());
+            pool.checkin(s);
+            conns.push(c);
+        }
+        // None ready: one is handed out, the other two stay pooled.
+        let c = pool.checkout(idle).expect("a pooled connection");
+        assert!(!c.sender.is_ready());
+        assert_eq!(pool.idle_count(), 2);
+        pool.restore(c);
+        assert_eq!(pool.idle_count(), 3);
+
+        // A ready one below not-ready ones: it is handed out, the others stay.
+        let (mut ready, c) = sender(addr).await;
+        tokio::spawn(c);
+        ready.ready().await.unwrap();
+        {
+            let mut v = pool.idle.lock().unwrap();
+            v.insert(
+                0,
+                IdleConn {
+                    sender: ready,
+                    since: Instant::now(),
+                },
+            );
+        }
+        assert_eq!(pool.idle_count(), 4);
+        let c = pool.checkout(idle).expect("a pooled connection");
+        assert!(c.sender.is_ready());
+        assert_eq!(pool.idle_count(), 3);
+        drop(c);
+
+        // Closed ones are dropped; the not-ready ones keep their place.
+        let (closed, c) = sender(addr).await;
+        drop(c);
+        assert!(closed.is_closed());
+        pool.idle.lock().unwrap().insert(
+            1,
+            IdleConn {
+                sender: closed,
+                since: Instant::now(),
+            },
+        );
+        let (closed, c) = sender(addr).await;
+        drop(c);
+        pool.idle.lock().unwrap().push(IdleConn {
+            sender: closed,
+            since: Instant::now(),
+        });
+        assert_eq!(pool.idle_count(), 5);
+        let c = pool.checkout(idle).expect("a pooled connection");
+        assert!(!c.sender.is_closed());
+        assert_eq!(
+            pool.idle_count(),
+            2,
+            "both closed ones dropped, one handed out"
+        );
+        drop(c);
+        let a = pool.checkout(idle).unwrap();
+        let b = pool.checkout(idle).unwrap();
+        assert!(!a.sender.is_closed() && !b.sender.is_closed());
+        assert!(pool.checkout(idle).is_none());
+
+        // Expired ones are dropped too.
+        let (s, c) = sender(addr).await;
+        conns.push(c);
+        pool.checkin(s);
+        assert!(pool.checkout(Duration::ZERO).is_none());
+        assert_eq!(pool.idle_count(), 0);
+    }
 }

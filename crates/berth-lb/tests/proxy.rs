@@ -977,3 +977,49 @@ async fn listener_replaced_on_the_same_port_keeps_serving() {
     }
     lb.shutdown().await;
 }
+
+/// End to end guard for the pool (the deterministic check of not-ready connections
+/// staying pooled is the unit test `pool_keeps_connections_that_are_not_ready_yet`):
+/// concurrent clients reuse about one target connection each, however many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_connections_are_reused_under_concurrency() {
+    const CLIENTS: usize = 8;
+    const REQUESTS: usize = 300;
+    let be = ok_backend("pooled").await;
+    let (lb, addr) = start(opts(), config(&[(be.addr, false)], 0)).await;
+    let mut workers = vec![];
+    for i in 0..CLIENTS {
+        workers.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            for _ in 0..REQUESTS {
+                if i % 2 == 1 {
+                    // HEAD: the target connection goes back when the empty body is dropped.
+                    c.send.ready().await.unwrap();
+                    let req = Request::head("/")
+                        .header("host", "x")
+                        .body(Empty::new())
+                        .unwrap();
+                    let r = timeout(Duration::from_secs(10), c.send.send_request(req))
+                        .await
+                        .expect("response in time")
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                } else {
+                    let (s, _, body) = c.get("/", &[]).await;
+                    assert_eq!(s, 200);
+                    assert_eq!(body, "pooled");
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(be.requests.load(Ordering::SeqCst), CLIENTS * REQUESTS);
+    let conns = be.conns.load(Ordering::SeqCst);
+    assert!(
+        conns <= 2 * CLIENTS,
+        "{conns} target connections for {CLIENTS} concurrent clients"
+    );
+    lb.shutdown().await;
+}
