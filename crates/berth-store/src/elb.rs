@@ -1507,7 +1507,11 @@ fn drain_task_targets<R: KvRead + ?Sized>(
 ) -> Result<Option<f64>, StoreError> {
     let mut last: Option<f64> = None;
     for t in targets_of_task(st, cluster, task_id)? {
-        if t.draining() {
+        if let Some(u) = t.drain_until {
+            // Deregistered earlier (by hand): the task still waits for that drain.
+            if u > at {
+                last = Some(last.map_or(u, |l: f64| l.max(u)));
+            }
             continue;
         }
         let delay = target_group_raw(st, &t.target_group_arn)?
@@ -1618,6 +1622,13 @@ fn register_task_targets<R: KvRead + ?Sized>(
         let old = load_target(st, tg_arn, &id, port)?;
         if old.is_none() && targets(st, tg_arn)?.len() >= MAX_TARGETS_PER_GROUP {
             continue;
+        }
+        // Another live task already is this target (awsvpc tasks on two machines with
+        // the same private IP): never take it over, its task would lose its traffic.
+        if let Some(o) = &old {
+            if !o.draining() && o.task.as_ref().is_some_and(|t| t.task_id != rec.task.id()) {
+                continue;
+            }
         }
         let new = TargetRecord {
             target_group_arn: tg.target_group.target_group_arn.clone(),

@@ -1545,3 +1545,53 @@ fn tags_on_elb_resources() {
     ));
     assert_eq!(s.get(&keys::tags(&tg_arn("web"))), None);
 }
+
+#[test]
+fn an_awsvpc_task_never_takes_over_another_live_tasks_target() {
+    // Two machines' bridge subnets can hand out the same private IP.
+    let mut s = ecs();
+    create_tg(&mut s, "web", "ip");
+    service(&mut s);
+    start_task(&mut s, "t1", Some("awsvpc"));
+    start_task(&mut s, "t2", Some("awsvpc"));
+    send(&mut s, report("t1", 1, "RUNNING", Some("172.16.0.9")), 202.0);
+    send(&mut s, report("t2", 1, "RUNNING", Some("172.16.0.9")), 203.0);
+    let ts = targets(&s, &tg_arn("web")).unwrap();
+    assert_eq!(ts.len(), 1);
+    assert_eq!(ts[0].task.as_ref().unwrap().task_id, "t1");
+    assert_eq!(targets_of_task(&s, "c", "t1").unwrap().len(), 1);
+}
+
+#[test]
+fn stop_task_after_a_manual_deregister_waits_for_that_drain() {
+    let mut s = running_service_task();
+    set_delay(&mut s, "web", 30);
+    ok(run(
+        &mut s,
+        Command::DeregisterTargets {
+            target_group_arn: tg_arn("web"),
+            targets: vec![TargetDescription {
+                id: "i1".into(),
+                port: Some(49160),
+                availability_zone: None,
+            }],
+            at: 290.0,
+        },
+    ));
+    let r = run(
+        &mut s,
+        Command::StopTask {
+            cluster: "c".into(),
+            task_id: "t1".into(),
+            reason: "Task stopped by user".into(),
+            stop_code: "UserInitiated".into(),
+            at: 300.0,
+        },
+    );
+    match r {
+        Response::Task { task } => assert_eq!(task.last_status(), "DEACTIVATING"),
+        other => panic!("{other:?}"),
+    }
+    // in-flight requests of the target deregistered at 290 get their 30 s
+    assert_eq!(task(&s, "t1").drain_until, Some(320.0));
+}
