@@ -265,3 +265,29 @@ def test_dev_runs_containers_out_of_the_box(dev_env, containerd):
     finally:
         dev.stop()
         h.cleanup_containerd_namespace(ns)
+
+
+def test_dev_includes_the_load_balancer(dev_env):
+    """`aws elbv2` works against `berth dev`, and its listeners open on loopback."""
+    import urllib.error
+    import urllib.request
+
+    home, make = dev_env
+    dev = make()
+    dev.start()
+    env = user_env(home)
+    lb = aws("--profile", "berth", "elbv2", "create-load-balancer", "--name", "dev", env=env).json
+    port = free_port()
+    aws("--profile", "berth", "elbv2", "create-listener", "--load-balancer-arn",
+        lb["LoadBalancers"][0]["LoadBalancerArn"], "--protocol", "HTTP", "--port", str(port),
+        "--default-actions",
+        "Type=fixed-response,FixedResponseConfig={StatusCode=200,ContentType=text/plain,MessageBody=hello}",
+        env=env)
+
+    def answers():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                return r.status == 200 and r.read() == b"hello"
+        except (OSError, urllib.error.URLError):
+            return False
+    wait_until(answers, 10, "the dev load balancer's listener to answer")
