@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use hyper::header::{
     SERVER, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use hyper::http::uri::PathAndQuery;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -74,8 +74,21 @@ impl ListenerShared {
 // ---------------------------------------------------------------------------
 // Target connection pool
 
+/// A keep-alive connection to a target: the request handle, and how many response
+/// bytes it has read so far (to tell whether a failed request got any of its response).
+pub(crate) struct TargetConn {
+    sender: SendRequest<ReqBody>,
+    reads: Arc<AtomicU64>,
+}
+
+impl TargetConn {
+    fn response_bytes(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
 struct IdleConn {
-    sender: SendRequest<Incoming>,
+    conn: TargetConn,
     since: Instant,
 }
 
@@ -97,7 +110,7 @@ impl Pool {
         while i > 0 {
             i -= 1;
             let c = &idle[i];
-            if c.sender.is_closed() || c.since.elapsed() >= idle_timeout {
+            if c.conn.sender.is_closed() || c.since.elapsed() >= idle_timeout {
                 idle.remove(i);
                 if let Some(n) = not_ready.as_mut() {
                     // Above `i`: shifted down by the removal.
@@ -105,7 +118,7 @@ impl Pool {
                 }
                 continue;
             }
-            if c.sender.is_ready() {
+            if c.conn.sender.is_ready() {
                 return Some(idle.remove(i));
             }
             not_ready.get_or_insert(i);
@@ -113,16 +126,16 @@ impl Pool {
         not_ready.map(|n| idle.remove(n))
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
+    fn checkin(&self, conn: TargetConn) {
         self.restore(IdleConn {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
     /// Puts a connection back (unless closed or the pool is full), keeping its `since`.
     fn restore(&self, c: IdleConn) {
-        if c.sender.is_closed() {
+        if c.conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,7 +147,7 @@ impl Pool {
     /// Drops connections idle for longer than `idle_timeout` (closing them).
     pub(crate) fn prune(&self, idle_timeout: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < idle_timeout);
+        idle.retain(|c| !c.conn.sender.is_closed() && c.since.elapsed() < idle_timeout);
     }
 
     pub(crate) fn idle_count(&self) -> usize {
@@ -148,18 +161,68 @@ enum ConnectError {
     Failed,
 }
 
-async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<SendRequest<Incoming>, ConnectError> {
+/// A target socket counting the bytes read from it.
+struct TargetIo {
+    inner: TcpStream,
+    reads: Arc<AtomicU64>,
+}
+
+impl AsyncRead for TargetIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let p = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.reads.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+impl AsyncWrite for TargetIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TargetConn, ConnectError> {
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(ConnectError::Timeout),
         Ok(Err(_)) => return Err(ConnectError::Failed),
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
+    let reads = Arc::new(AtomicU64::new(0));
+    let io = TargetIo {
+        inner: tcp,
+        reads: reads.clone(),
+    };
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|_| ConnectError::Failed)?;
     tokio::spawn(async move {
@@ -167,22 +230,19 @@ async fn connect(
         // handle (pooled or in use) is dropped.
         let _ = conn.with_upgrades().await;
     });
-    Ok(sender)
+    Ok(TargetConn { sender, reads })
 }
 
-/// A pooled connection, or a new one. A pooled one that is not ready after a moment
-/// goes back to the pool (it is not broken, only slow to be marked ready) and a new
-/// connection is opened.
-async fn obtain(
-    t: &TargetState,
-    to: &Timeouts,
-) -> Result<(SendRequest<Incoming>, bool), ConnectError> {
+/// A pooled connection (`true`: it served requests before), or a new one. A pooled
+/// one that is not ready after a moment goes back to the pool (it is not broken,
+/// only slow to be marked ready) and a new connection is opened.
+async fn obtain(t: &TargetState, to: &Timeouts) -> Result<(TargetConn, bool), ConnectError> {
     if let Some(mut c) = t.pool.checkout(to.idle) {
-        if c.sender.is_ready() {
-            return Ok((c.sender, true));
+        if c.conn.sender.is_ready() {
+            return Ok((c.conn, true));
         }
-        match tokio::time::timeout(Duration::from_millis(20), c.sender.ready()).await {
-            Ok(Ok(())) => return Ok((c.sender, true)),
+        match tokio::time::timeout(Duration::from_millis(20), c.conn.sender.ready()).await {
+            Ok(Ok(())) => return Ok((c.conn, true)),
             Ok(Err(_)) => {}
             Err(_) => t.pool.restore(c),
         }
@@ -192,6 +252,42 @@ async fn obtain(
 
 // ---------------------------------------------------------------------------
 // Bodies
+
+/// The body of a request sent to a target: the client's, or none (a replayed
+/// request whose client body was empty).
+pub(crate) enum ReqBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// The body of every response the load balancer sends.
 pub enum LbBody {
@@ -217,13 +313,13 @@ pub struct ProxiedBody {
 
 struct Done {
     _in_flight: InFlight,
-    sender: SendRequest<Incoming>,
+    conn: TargetConn,
 }
 
 impl Done {
     fn finish(self, complete: bool) {
         if complete {
-            self._in_flight.0.pool.checkin(self.sender);
+            self._in_flight.0.pool.checkin(self.conn);
         }
     }
 }
@@ -588,7 +684,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 
 /// The request as the target gets it: HTTP/1.1, origin-form URI, Host kept (or set
 /// from `:authority`), hop-by-hop headers removed, `X-Forwarded-*` added.
-fn outgoing(ctx: &ConnCtx, req: Request<Incoming>, upgrade: bool) -> Request<Incoming> {
+fn outgoing(ctx: &ConnCtx, req: Request<Incoming>, upgrade: bool) -> Request<ReqBody> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         if !parts.headers.contains_key(HOST) {
@@ -627,7 +723,35 @@ fn outgoing(ctx: &ConnCtx, req: Request<Incoming>, upgrade: bool) -> Request<Inc
     }
     h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     h.insert(&X_FORWARDED_PORT, ctx.listener.xf_port.clone());
-    Request::from_parts(parts, body)
+    Request::from_parts(parts, ReqBody::Client(body))
+}
+
+/// Safe to send twice (RFC 9110 9.2.2).
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A copy of a request that can be sent again (same head, no body): only for an
+/// idempotent request without a body.
+fn replayable(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    if !is_idempotent(req.method()) || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut r = Request::new(ReqBody::Empty);
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    Some(r)
+}
+
+/// A request that failed on a reused connection before any byte of its response
+/// came back: the connection was dead (closed, reset) rather than the request bad.
+fn dead_connection(e: &hyper::Error, got_response_bytes: bool) -> bool {
+    !got_response_bytes && !e.is_parse() && !e.is_user() && !e.is_timeout()
 }
 
 async fn forward(
@@ -642,12 +766,30 @@ async fn forward(
     let mut tried: Vec<Arc<TargetState>> = Vec::new();
     let mut failure = StatusCode::SERVICE_UNAVAILABLE;
     let mut stale_retries = 0;
-    while tried.len() < MAX_CONNECT_ATTEMPTS {
-        let Some(target) = group.choose(&tried).cloned() else {
-            break;
+    // A request that failed on a dead pooled connection is sent once more, to
+    // another target if there is one (else on a new connection to the same one).
+    let mut replayed = false;
+    let mut next: Option<(Arc<TargetState>, bool)> = None;
+    loop {
+        let (target, fresh) = match next.take() {
+            Some(n) => n,
+            None => {
+                if tried.len() >= MAX_CONNECT_ATTEMPTS {
+                    break;
+                }
+                match group.choose(&tried) {
+                    Some(t) => (t.clone(), false),
+                    None => break,
+                }
+            }
         };
         let in_flight = InFlight::start(&target);
-        let (mut sender, pooled) = match obtain(&target, &to).await {
+        let got = if fresh {
+            connect(target.addr, to.connect).await.map(|c| (c, false))
+        } else {
+            obtain(&target, &to).await
+        };
+        let (mut conn, pooled) = match got {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(target = ?target.key, error = ?e, "target connection failed");
@@ -660,7 +802,14 @@ async fn forward(
             }
         };
         let Some(out) = pending.take() else { break };
-        let resp = match tokio::time::timeout(to.request, sender.try_send_request(out)).await {
+        // A copy to send again should this (reused) connection turn out dead.
+        let replay = if pooled && !replayed {
+            replayable(&out)
+        } else {
+            None
+        };
+        let read_before = conn.response_bytes();
+        let resp = match tokio::time::timeout(to.request, conn.sender.try_send_request(out)).await {
             Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT),
             Ok(Ok(resp)) => resp,
             Ok(Err(mut e)) => match e.take_message() {
@@ -676,13 +825,30 @@ async fn forward(
                     continue;
                 }
                 None => {
-                    tracing::debug!(target = ?target.key, error = %e.error(), "target request failed");
-                    return error_response(StatusCode::BAD_GATEWAY);
+                    let got_bytes = conn.response_bytes() != read_before;
+                    match replay {
+                        Some(again) if dead_connection(e.error(), got_bytes) => {
+                            tracing::debug!(target = ?target.key, error = %e.error(), "pooled target connection was dead; sending the request again");
+                            replayed = true;
+                            pending = Some(again);
+                            failure = StatusCode::BAD_GATEWAY;
+                            tried.push(target.clone());
+                            next = Some(match group.choose(&tried) {
+                                Some(t) => (t.clone(), false),
+                                None => (target, true),
+                            });
+                            continue;
+                        }
+                        _ => {
+                            tracing::debug!(target = ?target.key, error = %e.error(), "target request failed");
+                            return error_response(StatusCode::BAD_GATEWAY);
+                        }
+                    }
                 }
             },
         };
         target.served.fetch_add(1, Ordering::Relaxed);
-        return respond(ctx, resp, sender, in_flight, client_upgrade);
+        return respond(ctx, resp, conn, in_flight, client_upgrade);
     }
     error_response(if tried.is_empty() && pending.is_some() {
         StatusCode::SERVICE_UNAVAILABLE
@@ -694,7 +860,7 @@ async fn forward(
 fn respond(
     ctx: &ConnCtx,
     mut resp: Response<Incoming>,
-    sender: SendRequest<Incoming>,
+    conn: TargetConn,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<LbBody> {
@@ -707,7 +873,7 @@ fn respond(
                 // Counted in flight (and the target connection kept) until either
                 // side closes or the pair is idle for the idle timeout.
                 let _in_flight = in_flight;
-                let _sender = sender;
+                let _conn = conn;
                 let (c, t) = tokio::join!(client_up, target_up);
                 if let (Ok(c), Ok(t)) = (c, t) {
                     let mut c = TokioIo::new(c);
@@ -737,7 +903,7 @@ fn respond(
         inner: body,
         done: Some(Done {
             _in_flight: in_flight,
-            sender,
+            conn,
         }),
     };
     Response::from_parts(parts, LbBody::Proxied(body))
@@ -752,13 +918,15 @@ mod tests {
     async fn sender(
         addr: SocketAddr,
     ) -> (
-        SendRequest<Incoming>,
-        hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Incoming>,
+        TargetConn,
+        hyper::client::conn::http1::Connection<TokioIo<TcpStream>, ReqBody>,
     ) {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .unwrap()
+            .unwrap();
+        let reads = Arc::new(AtomicU64::new(0));
+        (TargetConn { sender, reads }, conn)
     }
 
     #[tokio::test]
@@ -776,13 +944,13 @@ mod tests {
         let mut conns = vec![];
         for _ in 0..3 {
             let (s, c) = sender(addr).await;
-            assert!(!s.is_ready() && !s.is_closed());
+            assert!(!s.sender.is_ready() && !s.sender.is_closed());
             pool.checkin(s);
             conns.push(c);
         }
         // None ready: one is handed out, the other two stay pooled.
         let c = pool.checkout(idle).expect("a pooled connection");
-        assert!(!c.sender.is_ready());
+        assert!(!c.conn.sender.is_ready());
         assert_eq!(pool.idle_count(), 2);
         pool.restore(c);
         assert_eq!(pool.idle_count(), 3);
@@ -790,43 +958,43 @@ mod tests {
         // A ready one below not-ready ones: it is handed out, the others stay.
         let (mut ready, c) = sender(addr).await;
         tokio::spawn(c);
-        ready.ready().await.unwrap();
+        ready.sender.ready().await.unwrap();
         {
             let mut v = pool.idle.lock().unwrap();
             v.insert(
                 0,
                 IdleConn {
-                    sender: ready,
+                    conn: ready,
                     since: Instant::now(),
                 },
             );
         }
         assert_eq!(pool.idle_count(), 4);
         let c = pool.checkout(idle).expect("a pooled connection");
-        assert!(c.sender.is_ready());
+        assert!(c.conn.sender.is_ready());
         assert_eq!(pool.idle_count(), 3);
         drop(c);
 
         // Closed ones are dropped; the not-ready ones keep their place.
         let (closed, c) = sender(addr).await;
         drop(c);
-        assert!(closed.is_closed());
+        assert!(closed.sender.is_closed());
         pool.idle.lock().unwrap().insert(
             1,
             IdleConn {
-                sender: closed,
+                conn: closed,
                 since: Instant::now(),
             },
         );
         let (closed, c) = sender(addr).await;
         drop(c);
         pool.idle.lock().unwrap().push(IdleConn {
-            sender: closed,
+            conn: closed,
             since: Instant::now(),
         });
         assert_eq!(pool.idle_count(), 5);
         let c = pool.checkout(idle).expect("a pooled connection");
-        assert!(!c.sender.is_closed());
+        assert!(!c.conn.sender.is_closed());
         assert_eq!(
             pool.idle_count(),
             2,
@@ -835,7 +1003,7 @@ mod tests {
         drop(c);
         let a = pool.checkout(idle).unwrap();
         let b = pool.checkout(idle).unwrap();
-        assert!(!a.sender.is_closed() && !b.sender.is_closed());
+        assert!(!a.conn.sender.is_closed() && !b.conn.sender.is_closed());
         assert!(pool.checkout(idle).is_none());
 
         // Expired ones are dropped too.

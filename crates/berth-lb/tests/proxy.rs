@@ -1023,3 +1023,219 @@ async fn target_connections_are_reused_under_concurrency() {
     );
     lb.shutdown().await;
 }
+
+/// A raw keep-alive target that answers the first request of every connection
+/// (`200`, body = the connection's number) and resets the connection the moment a
+/// second request arrives on it, without a byte of response: a pooled connection
+/// that dies just as it is reused. Counts the request heads it got (method first).
+struct OneShotTarget {
+    addr: SocketAddr,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    conns: Arc<AtomicUsize>,
+}
+
+async fn one_shot_target() -> OneShotTarget {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (h, c) = (heads.clone(), conns.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for i in 0.. {
+                    let mut chunk = [0u8; 1024];
+                    let end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    let line = String::from_utf8_lossy(&head);
+                    h.lock()
+                        .unwrap()
+                        .push(line.split(' ').next().unwrap_or("").to_string());
+                    if i > 0 {
+                        // RST, not FIN: no response byte, and the request is lost.
+                        let _ = s.set_zero_linger();
+                        return;
+                    }
+                    let body = n.to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    OneShotTarget { addr, heads, conns }
+}
+
+#[tokio::test]
+async fn dead_pooled_connection_is_retried_for_idempotent_requests() {
+    let t = one_shot_target().await;
+    let (lb, addr) = start(opts(), config(&[(t.addr, false)], 0)).await;
+    let mut c = Client::connect(addr).await;
+    for i in 0..10 {
+        let (s, _, body) = c.get("/", &[]).await;
+        assert_eq!(s, 200, "request {i}: {body}");
+        // Every request after the first met a dead pooled connection and went out
+        // again on a new one (the only target).
+        assert_eq!(body, (i + 1).to_string(), "request {i}");
+    }
+    assert_eq!(t.conns.load(Ordering::SeqCst), 10);
+    assert_eq!(
+        t.heads.lock().unwrap().len(),
+        19,
+        "9 lost on dead connections"
+    );
+    eventually("in flight released", || {
+        lb.stats().values().all(|s| s.in_flight == 0)
+    })
+    .await;
+
+    // Other idempotent methods too, and the request goes out whole the second time.
+    let (s, _, _) = {
+        c.send.ready().await.unwrap();
+        let resp = c
+            .send
+            .send_request(
+                Request::delete("/thing")
+                    .header("host", "x")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        (resp.status(), (), ())
+    };
+    assert_eq!(s, 200);
+    let heads = t.heads.lock().unwrap().clone();
+    assert_eq!(heads[heads.len() - 2..], ["DELETE", "DELETE"]);
+}
+
+#[tokio::test]
+async fn dead_pooled_connection_is_not_retried_for_post() {
+    let t = one_shot_target().await;
+    let (_lb, addr) = start(opts(), config(&[(t.addr, false)], 0)).await;
+    let mut c = Client::connect(addr).await;
+    let (s, _, _) = c.get("/", &[]).await;
+    assert_eq!(s, 200);
+    c.send.ready().await.unwrap();
+    let resp = c
+        .send
+        .send_request(
+            Request::post("/order")
+                .header("host", "x")
+                .header("content-length", "0")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502, "the POST may have reached the target");
+    assert_eq!(*t.heads.lock().unwrap(), ["GET", "POST"], "sent once");
+    assert_eq!(t.conns.load(Ordering::SeqCst), 1);
+}
+
+/// A hyper target whose tasks (listener and connections) can all be killed at once,
+/// closing every socket, like a SIGKILLed process.
+struct KillableTarget {
+    addr: SocketAddr,
+    tasks: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl KillableTarget {
+    async fn start(name: &'static str, addr: SocketAddr) -> KillableTarget {
+        let l = TcpListener::bind(addr).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let tasks = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (t, r) = (tasks.clone(), requests.clone());
+        tasks.lock().unwrap().spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let r = r.clone();
+                t.lock().unwrap().spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        r.fetch_add(1, Ordering::SeqCst);
+                        async move { Ok::<_, Infallible>(Response::new(text(name))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        KillableTarget {
+            addr,
+            tasks,
+            requests,
+        }
+    }
+
+    fn kill(&self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_replaced_target_fails_no_get() {
+    let a = KillableTarget::start("a", "127.0.0.1:0".parse().unwrap()).await;
+    let b = KillableTarget::start("b", "127.0.0.1:0".parse().unwrap()).await;
+    let (lb, addr) = start(opts(), config(&[(a.addr, false), (b.addr, false)], 0)).await;
+    let mut clients = vec![];
+    for _ in 0..4 {
+        clients.push(Client::connect(addr).await);
+    }
+    // Pools warm on both targets.
+    for _ in 0..5 {
+        for s in get_on_all(&mut clients).await {
+            assert_eq!(s, 200);
+        }
+    }
+    assert!(b.requests.load(Ordering::SeqCst) > 0);
+    // b dies with its pooled connections; the next requests still all succeed.
+    b.kill();
+    for _ in 0..10 {
+        for s in get_on_all(&mut clients).await {
+            assert_eq!(s, 200);
+        }
+    }
+    // Replaced on the same address: it gets traffic again, still no failure.
+    let b2 = KillableTarget::start("b2", b.addr).await;
+    for _ in 0..10 {
+        for s in get_on_all(&mut clients).await {
+            assert_eq!(s, 200);
+        }
+    }
+    assert!(b2.requests.load(Ordering::SeqCst) > 0);
+    a.kill();
+    for _ in 0..10 {
+        for s in get_on_all(&mut clients).await {
+            assert_eq!(s, 200);
+        }
+    }
+    drop(lb);
+}
+
+/// One GET on every client, concurrently; their statuses.
+async fn get_on_all(clients: &mut [Client]) -> Vec<StatusCode> {
+    futures::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| async move { c.get("/", &[]).await.0 }),
+    )
+    .await
+}
