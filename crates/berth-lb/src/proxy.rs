@@ -3,9 +3,10 @@
 //! keep-alive connection to the chosen target, streaming bodies both ways.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -530,7 +531,7 @@ async fn serve_conn(
     remote: SocketAddr,
     listener: Arc<ListenerShared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let idle = listener.timeouts.idle;
     let activity = Arc::new(Activity(AtomicBool::new(true)));
@@ -553,25 +554,88 @@ async fn serve_conn(
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let mut closing = *stop.borrow();
+    let closing = *stop.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // The listener's stop signal and the idle timer are watched by a task of their
+    // own, which raises `signal` and wakes this one: this task, woken for every read
+    // and write of the connection, then checks one atomic instead of polling a watch
+    // channel and a timer each time. (`serve_conn` is a task's whole future, so the
+    // waker seen here is the task's and stays valid.)
+    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    let signal = Arc::new(AtomicU8::new(SIGNAL_NONE));
+    let _watchdog = AbortOnDrop(tokio::spawn(watchdog(
+        activity,
+        idle,
+        stop,
+        closing,
+        signal.clone(),
+        waker,
+    )));
+    let mut seen = SIGNAL_NONE;
+    std::future::poll_fn(|cx| loop {
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let s = signal.load(Ordering::Acquire);
+        if s == seen {
+            return Poll::Pending;
+        }
+        seen = s;
+        if s == SIGNAL_CLOSE {
+            return Poll::Ready(());
+        }
+        // Finish what is in flight, then close.
+        conn.as_mut().graceful_shutdown();
+    })
+    .await;
+}
+
+const SIGNAL_NONE: u8 = 0;
+/// Finish what is in flight, then close.
+const SIGNAL_GRACEFUL: u8 = 1;
+/// Close now.
+const SIGNAL_CLOSE: u8 = 2;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A client connection's timers: the listener removed (`stop`) → graceful close; no
+/// traffic for the idle timeout → graceful close, and once more (while closing) →
+/// close.
+async fn watchdog(
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut closing: bool,
+    signal: Arc<AtomicU8>,
+    waker: std::task::Waker,
+) {
+    let raise = |s: u8| {
+        signal.store(s, Ordering::Release);
+        waker.wake_by_ref();
+    };
     loop {
         tokio::select! {
-            _ = conn.as_mut() => break,
             r = stop.changed(), if !closing => {
-                // The listener was removed: finish what is in flight, then close.
+                // The listener was removed (or is gone).
                 let _ = r;
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                raise(SIGNAL_GRACEFUL);
             }
             _ = idle_expired(&activity, idle) => {
                 if closing {
-                    break;
+                    raise(SIGNAL_CLOSE);
+                    return;
                 }
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                raise(SIGNAL_GRACEFUL);
             }
         }
     }
@@ -624,9 +688,12 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<LbBody> {
         }
         CompiledAction::Unavailable => error_response(StatusCode::SERVICE_UNAVAILABLE),
         CompiledAction::Forward { groups, total } => {
-            let group = pick_weighted(groups, *total, &mut rand::thread_rng()).cloned();
+            let group = match groups.as_slice() {
+                [(g, _)] => Some(g),
+                _ => pick_weighted(groups, *total, &mut rand::thread_rng()),
+            };
             match group {
-                Some(g) => forward(&ctx, &g, req).await,
+                Some(g) => forward(&ctx, g, req).await,
                 None => error_response(StatusCode::SERVICE_UNAVAILABLE),
             }
         }
