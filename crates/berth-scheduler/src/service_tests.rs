@@ -1598,7 +1598,8 @@ proptest! {
 
 // ------------------------------------------------------------ load balancer health
 
-const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:000000000000:targetgroup/web/0123456789abcdef";
+const TG: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:000000000000:targetgroup/web/0123456789abcdef";
 
 #[test]
 fn behind_a_load_balancer_a_task_is_healthy_only_when_its_targets_are() {
@@ -1655,7 +1656,11 @@ fn a_task_failing_elb_health_checks_is_replaced_after_the_grace_period() {
         t.started_at = Some(sim.now - 120.0);
     }
     let d = sim.decide();
-    let stop = d.stop.iter().find(|s| s.task_id == victim).expect("victim stopped");
+    let stop = d
+        .stop
+        .iter()
+        .find(|s| s.task_id == victim)
+        .expect("victim stopped");
     assert_eq!(
         stop.reason,
         format!("Task failed ELB health checks in (target-group {TG})")

@@ -228,8 +228,7 @@ async fn lb_config(ctx: &Ctx, req: &Request<Incoming>, rid: &str) -> Response<Fu
             .find_map(|kv| kv.strip_prefix("after="))
             .and_then(|v| v.parse::<u64>().ok())
     });
-    match crate::lb_runtime::long_poll(&ctx.node, after, std::time::Duration::from_secs(25)).await
-    {
+    match crate::lb_runtime::long_poll(&ctx.node, after, std::time::Duration::from_secs(25)).await {
         Ok(s) => respond(
             200,
             "application/json",

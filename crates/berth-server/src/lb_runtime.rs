@@ -145,11 +145,7 @@ pub fn elb_changed_since(reader: &StateReader, after: u64) -> Option<bool> {
 
 /// Applies a configuration, logging listeners that could not be opened once per
 /// distinct error.
-pub async fn apply_logged(
-    lb: &Lb,
-    cfg: RoutingConfig,
-    reported: &mut HashMap<String, String>,
-) {
+pub async fn apply_logged(lb: &Lb, cfg: RoutingConfig, reported: &mut HashMap<String, String>) {
     let errors = lb.apply(cfg).await;
     let mut now: HashMap<String, String> = HashMap::new();
     for e in errors {
@@ -280,7 +276,12 @@ pub fn start(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Arc<Lb> {
     let lb = Lb::new(opts);
-    tokio::spawn(follow_local(node.clone(), lb.clone(), serve, shutdown.clone()));
+    tokio::spawn(follow_local(
+        node.clone(),
+        lb.clone(),
+        serve,
+        shutdown.clone(),
+    ));
     tokio::spawn(report_health(node, lb.clone(), shutdown));
     lb
 }
@@ -288,7 +289,11 @@ pub fn start(
 /// `GET /berth/lb/config?after=REV`: answers at once when the ELB state changed after
 /// REV (or REV is absent or compacted), else waits up to `wait` for a change and then
 /// answers with the current state anyway.
-pub async fn long_poll(node: &ServerNode, after: Option<u64>, wait: Duration) -> Result<LbSnapshot, String> {
+pub async fn long_poll(
+    node: &ServerNode,
+    after: Option<u64>,
+    wait: Duration,
+) -> Result<LbSnapshot, String> {
     if let Some(after) = after {
         let mut applied = node.reader.subscribe();
         let deadline = tokio::time::Instant::now() + wait;

@@ -1554,8 +1554,16 @@ fn an_awsvpc_task_never_takes_over_another_live_tasks_target() {
     service(&mut s);
     start_task(&mut s, "t1", Some("awsvpc"));
     start_task(&mut s, "t2", Some("awsvpc"));
-    send(&mut s, report("t1", 1, "RUNNING", Some("172.16.0.9")), 202.0);
-    send(&mut s, report("t2", 1, "RUNNING", Some("172.16.0.9")), 203.0);
+    send(
+        &mut s,
+        report("t1", 1, "RUNNING", Some("172.16.0.9")),
+        202.0,
+    );
+    send(
+        &mut s,
+        report("t2", 1, "RUNNING", Some("172.16.0.9")),
+        203.0,
+    );
     let ts = targets(&s, &tg_arn("web")).unwrap();
     assert_eq!(ts.len(), 1);
     assert_eq!(ts[0].task.as_ref().unwrap().task_id, "t1");

@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use berth_lb::{Lb, LbOptions, ListenerConfig, RoutingConfig, TargetConfig, TargetGroupConfig, TargetKey};
+use berth_lb::{
+    Lb, LbOptions, ListenerConfig, RoutingConfig, TargetConfig, TargetGroupConfig, TargetKey,
+};
 use berth_model::elb::{
     Action, Attribute, Matcher, Rule, TargetGroup, TargetGroupRecord, TargetHealth,
 };
@@ -122,7 +124,8 @@ pub struct LbBenchArgs {
     pub config: Option<PathBuf>,
 }
 
-const LB_ARN: &str = "arn:aws:elasticloadbalancing:us-east-1:000000000000:loadbalancer/app/bench/0123456789abcdef";
+const LB_ARN: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:000000000000:loadbalancer/app/bench/0123456789abcdef";
 const LISTENER_ARN: &str = "arn:aws:elasticloadbalancing:us-east-1:000000000000:listener/app/bench/0123456789abcdef/fedcba9876543210";
 const RULE_ARN: &str = "arn:aws:elasticloadbalancing:us-east-1:000000000000:listener-rule/app/bench/0123456789abcdef/fedcba9876543210/0000000000000001";
 const TG_ARN: &str =
@@ -217,8 +220,10 @@ fn backend_response(st: &BackendState, path: &str) -> Response<Full<Bytes>> {
         }
     };
     let mut r = Response::new(Full::new(body));
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
     r
 }
 
@@ -433,7 +438,8 @@ async fn proxy_child(args: &LbBenchArgs) -> anyhow::Result<()> {
                 .and_then(|rt| rt.block_on(proxy_serve(cfg)));
             let _ = tx.send(r);
         })?;
-    rx.await.unwrap_or_else(|_| Err(anyhow!("the proxy runtime panicked")))
+    rx.await
+        .unwrap_or_else(|_| Err(anyhow!("the proxy runtime panicked")))
 }
 
 async fn proxy_serve(cfg: ProxyChildConfig) -> anyhow::Result<()> {
@@ -448,9 +454,14 @@ async fn proxy_serve(cfg: ProxyChildConfig) -> anyhow::Result<()> {
         .copied()
         .context("the listener is not listening")?;
     println!("listening {addr}");
-    let keys: Vec<TargetKey> = cfg.targets.iter().map(|(id, a)| target_key(id, *a)).collect();
+    let keys: Vec<TargetKey> = cfg
+        .targets
+        .iter()
+        .map(|(id, a)| target_key(id, *a))
+        .collect();
     let mut rx = lb.health();
-    let deadline = Instant::now() + Duration::from_secs(cfg.health.interval as u64 * (cfg.health.healthy as u64 + 2) + 10);
+    let deadline = Instant::now()
+        + Duration::from_secs(cfg.health.interval as u64 * (cfg.health.healthy as u64 + 2) + 10);
     match wait_state(&mut rx, &keys, "healthy", deadline).await {
         Ok(_) => println!("ready"),
         Err(e) => println!("ready (not all targets healthy: {e:#})"),
@@ -517,7 +528,11 @@ impl Kid {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(12);
-        format!("--- last lines of {} ---\n{}", self.log.display(), lines[from..].join("\n"))
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log.display(),
+            lines[from..].join("\n")
+        )
     }
 
     /// Signals the child's process group (it is the group leader).
@@ -605,7 +620,12 @@ async fn http_get(addr: SocketAddr, path: &str, t: Duration) -> anyhow::Result<(
 }
 
 /// Waits until `addr` answers 200 on `path`.
-async fn wait_200(kid: &mut Kid, addr: SocketAddr, path: &str, deadline: Instant) -> anyhow::Result<()> {
+async fn wait_200(
+    kid: &mut Kid,
+    addr: SocketAddr,
+    path: &str,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     loop {
         kid.check_alive()?;
         let last = match http_get(addr, path, Duration::from_secs(2)).await {
@@ -614,7 +634,11 @@ async fn wait_200(kid: &mut Kid, addr: SocketAddr, path: &str, deadline: Instant
             Err(e) => format!("{e:#}"),
         };
         if Instant::now() > deadline {
-            bail!("{} never answered 200 on {path} ({last})\n{}", kid.name, kid.log_tail());
+            bail!(
+                "{} never answered 200 on {path} ({last})\n{}",
+                kid.name,
+                kid.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -639,7 +663,13 @@ async fn spawn_backend(exe: &Path, dir: &Path, name: &str) -> anyhow::Result<(Ki
         &dir.join(format!("backend-{name}.log")),
         false,
     )?;
-    wait_200(&mut kid, addr, STATS_PATH, Instant::now() + Duration::from_secs(10)).await?;
+    wait_200(
+        &mut kid,
+        addr,
+        STATS_PATH,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .await?;
     Ok((kid, addr))
 }
 
@@ -675,7 +705,12 @@ fn tree(root: u32, table: &HashMap<u32, (u32, u64)>) -> Vec<u32> {
     let mut i = 0;
     while i < out.len() {
         let p = out[i];
-        out.extend(table.iter().filter(|(_, (pp, _))| *pp == p).map(|(c, _)| *c));
+        out.extend(
+            table
+                .iter()
+                .filter(|(_, (pp, _))| *pp == p)
+                .map(|(c, _)| *c),
+        );
         i += 1;
     }
     out
@@ -684,7 +719,11 @@ fn tree(root: u32, table: &HashMap<u32, (u32, u64)>) -> Vec<u32> {
 /// CPU ticks used so far by `root` and its descendants (nginx's workers).
 fn tree_ticks(root: u32) -> u64 {
     let t = proc_table();
-    tree(root, &t).iter().filter_map(|p| t.get(p)).map(|x| x.1).sum()
+    tree(root, &t)
+        .iter()
+        .filter_map(|p| t.get(p))
+        .map(|x| x.1)
+        .sum()
 }
 
 fn tree_rss_mib(root: u32) -> f64 {
@@ -735,7 +774,13 @@ impl WrkResult {
 /// "553.00us" / "1.20ms" / "2.00s" / "1.00m" → ms.
 fn parse_wrk_time(s: &str) -> Option<f64> {
     let s = s.trim();
-    for (suf, mul) in [("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 60e3), ("h", 3600e3)] {
+    for (suf, mul) in [
+        ("us", 1e-3),
+        ("ms", 1.0),
+        ("s", 1e3),
+        ("m", 60e3),
+        ("h", 3600e3),
+    ] {
         if let Some(v) = s.strip_suffix(suf) {
             return v.parse::<f64>().ok().map(|x| x * mul);
         }
@@ -801,7 +846,12 @@ fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
     Ok(r)
 }
 
-async fn run_wrk(args: &LbBenchArgs, wrk: &Path, addr: SocketAddr, secs: u64) -> anyhow::Result<WrkResult> {
+async fn run_wrk(
+    args: &LbBenchArgs,
+    wrk: &Path,
+    addr: SocketAddr,
+    secs: u64,
+) -> anyhow::Result<WrkResult> {
     let mut cmd = Command::new(wrk);
     cmd.arg(format!("-t{}", args.threads.max(1)))
         .arg(format!("-c{}", args.connections.max(args.threads.max(1))))
@@ -818,7 +868,12 @@ async fn run_wrk(args: &LbBenchArgs, wrk: &Path, addr: SocketAddr, secs: u64) ->
         .context("run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
-        bail!("wrk failed ({}): {}{}", out.status, text, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse_wrk(&text)
 }
@@ -841,7 +896,14 @@ struct Target {
     pid: Option<u32>,
 }
 
-fn nginx_conf(dir: &Path, workers: usize, port: u16, backends: &[SocketAddr], keepalive: usize, root: bool) -> String {
+fn nginx_conf(
+    dir: &Path,
+    workers: usize,
+    port: u16,
+    backends: &[SocketAddr],
+    keepalive: usize,
+    root: bool,
+) -> String {
     let d = dir.display();
     let servers: String = backends
         .iter()
@@ -941,16 +1003,27 @@ async fn start_berth_proxy(
         .arg(ctx.args.workers.to_string())
         .arg("--config")
         .arg(&path);
-    let mut kid = Kid::spawn("berth proxy", &mut cmd, &ctx.dir.join("berth-proxy.log"), true)?;
+    let mut kid = Kid::spawn(
+        "berth proxy",
+        &mut cmd,
+        &ctx.dir.join("berth-proxy.log"),
+        true,
+    )?;
     let stdout = kid.child.stdout.take().context("proxy stdout")?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let wait = Duration::from_secs(ctx.args.hc_interval as u64 * (ctx.args.healthy_threshold as u64 + 2) + 20);
+    let wait = Duration::from_secs(
+        ctx.args.hc_interval as u64 * (ctx.args.healthy_threshold as u64 + 2) + 20,
+    );
     let deadline = Instant::now() + wait;
     let mut addr = None;
     let mut note = None;
     loop {
         let line = match tokio::time::timeout_at(deadline.into(), lines.next_line()).await {
-            Err(_) => bail!("berth proxy not ready within {} s\n{}", wait.as_secs(), kid.log_tail()),
+            Err(_) => bail!(
+                "berth proxy not ready within {} s\n{}",
+                wait.as_secs(),
+                kid.log_tail()
+            ),
             Ok(Ok(Some(l))) => l,
             Ok(Ok(None)) | Ok(Err(_)) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -974,14 +1047,25 @@ async fn start_berth_proxy(
     Ok((kid, addr, note))
 }
 
-async fn start_nginx(ctx: &Ctx, bin: &Path, backends: &[SocketAddr]) -> anyhow::Result<(Kid, SocketAddr)> {
+async fn start_nginx(
+    ctx: &Ctx,
+    bin: &Path,
+    backends: &[SocketAddr],
+) -> anyhow::Result<(Kid, SocketAddr)> {
     let port = free_ports(1)?[0];
     let tmp = ctx.dir.join("nginx-tmp");
     std::fs::create_dir_all(&tmp)?;
     let conf = ctx.dir.join("nginx.conf");
     std::fs::write(
         &conf,
-        nginx_conf(&ctx.dir, ctx.args.workers.max(1), port, backends, ctx.args.connections.max(1), running_as_root()),
+        nginx_conf(
+            &ctx.dir,
+            ctx.args.workers.max(1),
+            port,
+            backends,
+            ctx.args.connections.max(1),
+            running_as_root(),
+        ),
     )?;
     let mut cmd = Command::new(bin);
     cmd.arg("-p")
@@ -998,7 +1082,11 @@ async fn start_nginx(ctx: &Ctx, bin: &Path, backends: &[SocketAddr]) -> anyhow::
     Ok((kid, addr))
 }
 
-async fn start_haproxy(ctx: &Ctx, bin: &Path, backends: &[SocketAddr]) -> anyhow::Result<(Kid, SocketAddr)> {
+async fn start_haproxy(
+    ctx: &Ctx,
+    bin: &Path,
+    backends: &[SocketAddr],
+) -> anyhow::Result<(Kid, SocketAddr)> {
     let port = free_ports(1)?[0];
     let conf = ctx.dir.join("haproxy.cfg");
     std::fs::write(&conf, haproxy_conf(ctx.args.workers.max(1), port, backends))?;
@@ -1060,19 +1148,34 @@ async fn throughput(ctx: &mut Ctx) -> anyhow::Result<ThroughputReport> {
                 println!("  note: {n}");
                 ctx.notes.push(n);
             }
-            targets.push(Target { system: "berth", addr, pid: k.pid() });
+            targets.push(Target {
+                system: "berth",
+                addr,
+                pid: k.pid(),
+            });
             berth = Some(k);
         }
         Err(e) => {
-            let msg = format!("berth's proxy is not usable, skipped: {}", first_lines(&format!("{e:#}"), 14));
+            let msg = format!(
+                "berth's proxy is not usable, skipped: {}",
+                first_lines(&format!("{e:#}"), 14)
+            );
             println!("  {msg}");
             ctx.notes.push(msg);
         }
     }
     let (mut nginx, naddr) = start_nginx(ctx, &ctx.nginx, &backends).await?;
-    targets.push(Target { system: "nginx", addr: naddr, pid: nginx.pid() });
+    targets.push(Target {
+        system: "nginx",
+        addr: naddr,
+        pid: nginx.pid(),
+    });
     let (mut haproxy, haddr) = start_haproxy(ctx, &ctx.haproxy, &backends).await?;
-    targets.push(Target { system: "haproxy", addr: haddr, pid: haproxy.pid() });
+    targets.push(Target {
+        system: "haproxy",
+        addr: haddr,
+        pid: haproxy.pid(),
+    });
     let tck = clk_tck();
     let mut rep = ThroughputReport::default();
     for round in 1..=a.rounds.max(1) {
@@ -1162,7 +1265,16 @@ fn print_throughput(rep: &ThroughputReport, rounds: usize) -> Vec<Value> {
     let nginx = best.iter().find(|r| r.system == "nginx").cloned();
     println!(
         "\n{:<10} {:>9} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>6} {:>8}",
-        "proxy", "req/s", "p50 ms", "p99 ms", "errors", "req/s/ngx", "p50/ngx", "p99/ngx", "cpu", "RSS MiB"
+        "proxy",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "req/s/ngx",
+        "p50/ngx",
+        "p99/ngx",
+        "cpu",
+        "RSS MiB"
     );
     let mut js = Vec::new();
     for r in &best {
@@ -1174,7 +1286,11 @@ fn print_throughput(rep: &ThroughputReport, rounds: usize) -> Vec<Value> {
             ),
             None => (None, None, None),
         };
-        let label = if r.system == "direct" { "direct*" } else { r.system.as_str() };
+        let label = if r.system == "direct" {
+            "direct*"
+        } else {
+            r.system.as_str()
+        };
         println!(
             "{:<10} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>10} {:>10} {:>10} {:>6} {:>8}",
             label,
@@ -1185,7 +1301,9 @@ fn print_throughput(rep: &ThroughputReport, rounds: usize) -> Vec<Value> {
             fmt_ratio(rr),
             fmt_ratio(r50),
             fmt_ratio(r99),
-            r.cpu_pct.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "-".into()),
+            r.cpu_pct
+                .map(|c| format!("{c:.0}%"))
+                .unwrap_or_else(|| "-".into()),
             rep.rss_mib
                 .get(&r.system)
                 .map(|m| format!("{m:.1}"))
@@ -1375,14 +1493,26 @@ async fn churn(args: LbBenchArgs, exe: PathBuf, dir: PathBuf) -> anyhow::Result<
     if !errs.is_empty() {
         bail!("listener errors: {errs:?}");
     }
-    let listen = lb.listening().get(LISTENER_ARN).copied().context("listener not listening")?;
-    let hc_wait = Duration::from_secs(hc.interval as u64 * (hc.healthy.max(hc.unhealthy) as u64 + 2) + 10);
+    let listen = lb
+        .listening()
+        .get(LISTENER_ARN)
+        .copied()
+        .context("listener not listening")?;
+    let hc_wait =
+        Duration::from_secs(hc.interval as u64 * (hc.healthy.max(hc.unhealthy) as u64 + 2) + 10);
     let keys: Vec<TargetKey> = base.iter().map(|(id, a)| target_key(id, *a)).collect();
     wait_state(&mut rx, &keys, "healthy", Instant::now() + hc_wait).await?;
-    let load = Load::start(listen, args.churn_clients, Duration::from_millis(args.churn_pause_ms));
+    let load = Load::start(
+        listen,
+        args.churn_clients,
+        Duration::from_millis(args.churn_pause_ms),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut rep = ChurnReport::default();
-    let res = churn_measure(&args, &exe, &dir, &lb, &mut rx, port, &base, hc, hc_wait, &mut rep).await;
+    let res = churn_measure(
+        &args, &exe, &dir, &lb, &mut rx, port, &base, hc, hc_wait, &mut rep,
+    )
+    .await;
     let (samples, failures) = load.stop().await;
     lb.shutdown().await;
     for k in base_kids.iter_mut() {
@@ -1472,7 +1602,10 @@ async fn churn_measure(
         };
         let first_req = stats.first_request_ns;
         let Some(&first_check) = stats.health_ns.first() else {
-            bail!("join sample {}: a request arrived before any health check", i + 1);
+            bail!(
+                "join sample {}: a request arrived before any health check",
+                i + 1
+            );
         };
         let healthy_check = stats
             .health_ns
@@ -1526,9 +1659,19 @@ async fn churn_measure(
         tokio::time::sleep(Duration::from_secs(1)).await;
         let killed = now_ns();
         kid.kill().await;
-        let unhealthy = wait_state(rx, std::slice::from_ref(key), "unhealthy", Instant::now() + hc_wait).await?;
+        let unhealthy = wait_state(
+            rx,
+            std::slice::from_ref(key),
+            "unhealthy",
+            Instant::now() + hc_wait,
+        )
+        .await?;
         let ms = delta_ms(killed, unhealthy);
-        println!("  death {}: SIGKILL -> Lb::health unhealthy {:.1} ms", i + 1, ms);
+        println!(
+            "  death {}: SIGKILL -> Lb::health unhealthy {:.1} ms",
+            i + 1,
+            ms
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         windows.push((killed, unhealthy + 1_000_000_000));
         rep.death.push(DeathSample {
@@ -1547,11 +1690,16 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{x:.1} ms"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_churn(rep: &ChurnReport, hc: HealthParams) -> Value {
@@ -1564,12 +1712,24 @@ fn print_churn(rep: &ChurnReport, hc: HealthParams) -> Value {
     let dead = median(rep.death.iter().map(|s| s.kill_to_unhealthy_ms).collect());
     let failed: u64 = rep.death.iter().map(|s| s.failed).sum();
     let reqs: u64 = rep.death.iter().map(|s| s.requests).sum();
-    let maxlat = rep.death.iter().map(|s| s.max_latency_ms).fold(0.0, f64::max);
+    let maxlat = rep
+        .death
+        .iter()
+        .map(|s| s.max_latency_ms)
+        .fold(0.0, f64::max);
     println!("\ntarget join (median of {}):", rep.join.len());
     println!("  1st passing health check -> 1st proxied request: {}  (expected ~ (healthy threshold - 1) x interval = {} s)", fmt_ms(first), (hc.healthy.saturating_sub(1)) * hc.interval);
-    println!("  check #{} (the one that makes it healthy) -> 1st request: {}", hc.healthy, fmt_ms(healthy));
+    println!(
+        "  check #{} (the one that makes it healthy) -> 1st request: {}",
+        hc.healthy,
+        fmt_ms(healthy)
+    );
     println!("  Lb::health() healthy -> 1st request: {}", fmt_ms(lbh));
-    println!("  apply -> 1st health check: {};  apply -> 1st request: {}", fmt_ms(apply_check), fmt_ms(apply_first));
+    println!(
+        "  apply -> 1st health check: {};  apply -> 1st request: {}",
+        fmt_ms(apply_check),
+        fmt_ms(apply_first)
+    );
     println!("target death (median of {}):", rep.death.len());
     println!(
         "  SIGKILL -> unhealthy in Lb::health() (out of rotation): {}  (expected <= unhealthy threshold x interval = {} s)",
@@ -1637,11 +1797,29 @@ async fn bench(args: LbBenchArgs) -> anyhow::Result<()> {
         .prefix("berth-bench-lb-")
         .tempdir()
         .context("create a temp dir")?;
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let nginx_v = if args.no_throughput { String::new() } else { first_line(&nginx, "-v") };
-    let haproxy_v = if args.no_throughput { String::new() } else { first_line(&haproxy, "-v") };
-    let wrk_v = if args.no_throughput { String::new() } else { first_line(&wrk, "--version") };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let nginx_v = if args.no_throughput {
+        String::new()
+    } else {
+        first_line(&nginx, "-v")
+    };
+    let haproxy_v = if args.no_throughput {
+        String::new()
+    } else {
+        first_line(&haproxy, "-v")
+    };
+    let wrk_v = if args.no_throughput {
+        String::new()
+    } else {
+        first_line(&wrk, "--version")
+    };
     println!(
         "berth bench lb: berth {} ({profile} build), {cpus} CPUs; wrk, the proxies and the backends all share them, everything on loopback",
         env!("CARGO_PKG_VERSION")
@@ -1802,9 +1980,17 @@ Transfer/sec:     12.35MB
 
     #[test]
     fn routing_forwards_to_the_group() {
-        let hc = HealthParams { interval: 5, timeout: 2, healthy: 2, unhealthy: 2 };
+        let hc = HealthParams {
+            interval: 5,
+            timeout: 2,
+            healthy: 2,
+            unhealthy: 2,
+        };
         let r = routing(8080, &[("i-1".into(), loopback(9000))], hc);
-        assert_eq!(r.listeners[0].rules[0].actions[0].forward_targets(), vec![(TG_ARN.to_string(), 1)]);
+        assert_eq!(
+            r.listeners[0].rules[0].actions[0].forward_targets(),
+            vec![(TG_ARN.to_string(), 1)]
+        );
         let tg = &r.target_groups[TG_ARN];
         assert_eq!(tg.targets[0].port, 9000);
         assert_eq!(tg.record.settings().algorithm, "round_robin");
@@ -1814,8 +2000,16 @@ Transfer/sec:     12.35MB
     fn proxy_configs_mention_every_backend() {
         let b = [loopback(9001), loopback(9002)];
         let n = nginx_conf(Path::new("/tmp/x"), 2, 8080, &b, 64, true);
-        assert!(n.contains("server 127.0.0.1:9001;") && n.contains("worker_processes 2;") && n.contains("keepalive 64;"));
+        assert!(
+            n.contains("server 127.0.0.1:9001;")
+                && n.contains("worker_processes 2;")
+                && n.contains("keepalive 64;")
+        );
         let h = haproxy_conf(2, 8080, &b);
-        assert!(h.contains("server b2 127.0.0.1:9002") && h.contains("nbthread 2") && h.contains("http-reuse always"));
+        assert!(
+            h.contains("server b2 127.0.0.1:9002")
+                && h.contains("nbthread 2")
+                && h.contains("http-reuse always")
+        );
     }
 }

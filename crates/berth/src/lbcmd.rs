@@ -16,7 +16,12 @@ use hyper_util::rt::TokioIo;
 #[derive(Args, Debug, Clone)]
 pub struct LbArgs {
     /// API address(es) of the servers, e.g. 10.0.0.1:7700 (repeatable or comma-separated).
-    #[arg(long = "server", env = "BERTH_SERVERS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "server",
+        env = "BERTH_SERVERS",
+        value_delimiter = ',',
+        required = true
+    )]
     servers: Vec<String>,
     /// The cluster's join token (the servers' <data-dir>/join-token).
     #[arg(long, env = "BERTH_JOIN_TOKEN")]
@@ -90,7 +95,11 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
             Ok(s) if current.as_ref().is_some_and(|c| s.revision < c.revision) => {
                 // A server that lags behind the one answered before: keep the newer
                 // routes, ask again.
-                tracing::debug!(server, revision = s.revision, "berth lb: ignoring an older state");
+                tracing::debug!(
+                    server,
+                    revision = s.revision,
+                    "berth lb: ignoring an older state"
+                );
                 i += 1;
             }
             Ok(s) => {

@@ -5,12 +5,12 @@ mod agentcmd;
 mod awsprofile;
 mod bench;
 mod bench_lb;
-mod lbcmd;
 mod bench_sched;
 mod bench_tasks;
 mod client;
 mod config;
 mod dev;
+mod lbcmd;
 mod simagent;
 
 use std::path::PathBuf;
