@@ -151,35 +151,7 @@ fn delete_drain<R: KvRead + ?Sized>(
 
 // ---------------------------------------------------------------- generic reads
 
-fn get_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
-    kv: &R,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match kv.get(key)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(key).into_owned(),
-                source,
-            }),
-    }
-}
-
-fn scan_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
-    kv: &R,
-    prefix: &[u8],
-) -> Result<Vec<T>, StoreError> {
-    kv.scan_prefix(prefix)?
-        .into_iter()
-        .map(|(k, v)| {
-            serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                source,
-            })
-        })
-        .collect()
-}
+use crate::tasks::{get_json, scan_json};
 
 // ---------------------------------------------------------------- reads (also for StateReader)
 

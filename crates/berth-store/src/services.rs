@@ -30,20 +30,7 @@ pub struct TaskStop {
     pub stop_code: String,
 }
 
-fn get_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
-    kv: &R,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match kv.get(key)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(key).into_owned(),
-                source,
-            }),
-    }
-}
+use crate::tasks::get_json;
 
 // ---------------------------------------------------------------- reads
 

@@ -30,7 +30,7 @@ pub struct ClientTokenRecord {
     pub at: f64,
 }
 
-fn get_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
+pub(crate) fn get_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
     kv: &R,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
@@ -45,7 +45,7 @@ fn get_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
     }
 }
 
-fn scan_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
+pub(crate) fn scan_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
     kv: &R,
     prefix: &[u8],
 ) -> Result<Vec<T>, StoreError> {
