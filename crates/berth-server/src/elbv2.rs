@@ -145,6 +145,14 @@ async fn propose(ctx: &Ctx, cmd: Command) -> R<StoreResponse> {
     crate::ecs::propose(ctx, cmd).await.map_err(ElbError::from)
 }
 
+/// Proposes a command whose only answer is `Ok` (an empty ELBv2 result).
+async fn propose_ok(ctx: &Ctx, cmd: Command) -> R<Value> {
+    match propose(ctx, cmd).await? {
+        StoreResponse::Ok => Ok(json!({})),
+        other => Err(unexpected(other)),
+    }
+}
+
 fn unexpected(r: StoreResponse) -> ElbError {
     ElbError::from(ApiError::server(format!(
         "unexpected state-machine response: {r:?}"
@@ -503,17 +511,13 @@ fn describe_load_balancers(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
 
 async fn delete_load_balancer(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let arn = p.req_str("LoadBalancerArn")?;
-    match propose(
+    propose_ok(
         ctx,
         Command::DeleteLoadBalancer {
             arn: arn.to_string(),
         },
     )
-    .await?
-    {
-        StoreResponse::Ok => Ok(json!({})),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 // ---------------------------------------------------------------- target groups
@@ -627,17 +631,13 @@ async fn modify_target_group_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
 
 async fn delete_target_group(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let arn = p.req_str("TargetGroupArn")?;
-    match propose(
+    propose_ok(
         ctx,
         Command::DeleteTargetGroup {
             arn: arn.to_string(),
         },
     )
-    .await?
-    {
-        StoreResponse::Ok => Ok(json!({})),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 // ---------------------------------------------------------------- listeners
@@ -808,17 +808,13 @@ async fn modify_listener(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
 async fn delete_listener(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let arn = p.req_str("ListenerArn")?;
     listener(ctx, arn)?;
-    match propose(
+    propose_ok(
         ctx,
         Command::DeleteListener {
             arn: arn.to_string(),
         },
     )
-    .await?
-    {
-        StoreResponse::Ok => Ok(json!({})),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 // ---------------------------------------------------------------- rules
@@ -1006,17 +1002,13 @@ async fn delete_rule(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
             "The default rule of a listener cannot be deleted: delete the listener instead",
         ));
     }
-    match propose(
+    propose_ok(
         ctx,
         Command::DeleteRule {
             arn: arn.to_string(),
         },
     )
-    .await?
-    {
-        StoreResponse::Ok => Ok(json!({})),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 // ---------------------------------------------------------------- targets
@@ -1073,10 +1065,7 @@ async fn register_targets(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         targets,
         at: ctx.now(),
     };
-    match propose(ctx, cmd).await? {
-        StoreResponse::Ok => Ok(json!({})),
-        other => Err(unexpected(other)),
-    }
+    propose_ok(ctx, cmd).await
 }
 
 async fn deregister_targets(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
@@ -1111,10 +1100,7 @@ async fn deregister_targets(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         targets,
         at: ctx.now(),
     };
-    match propose(ctx, cmd).await? {
-        StoreResponse::Ok => Ok(json!({})),
-        other => Err(unexpected(other)),
-    }
+    propose_ok(ctx, cmd).await
 }
 
 /// One `TargetHealthDescription`.
