@@ -237,22 +237,29 @@ def test_a_rolling_update_never_drops_below_minimum_healthy(env, ecs, hosts):
     assert td2["revision"] == 2
     td2 = f"{fam1}:2"
 
-    samples: list[tuple[int, int]] = []  # (runningCount, healthy RUNNING tasks)
+    # (runningCount, healthy RUNNING tasks, revisions of the RUNNING tasks)
+    samples: list[tuple[int, int, frozenset[str]]] = []
     done = threading.Event()
+
+    def take_sample():
+        try:
+            s = ecs.describe_services(cluster=env.cluster, services=[name])["services"][0]
+            arns = ecs.list_tasks(cluster=env.cluster, serviceName=name)["taskArns"]
+            ts = ecs.describe_tasks(cluster=env.cluster, tasks=arns)["tasks"] if arns else []
+            running = [t for t in ts if t["lastStatus"] == "RUNNING"]
+            healthy = sum(1 for t in running if t.get("healthStatus") == "HEALTHY")
+            revisions = frozenset(t["taskDefinitionArn"].rsplit(":", 1)[1] for t in running)
+            samples.append((s["runningCount"], healthy, revisions))
+        except Exception as e:  # noqa: BLE001 - a failed sample is reported, not fatal
+            samples.append((-1, -1, frozenset()))
+            print(f"sample failed: {e}")
 
     def sample():
         while not done.is_set():
-            try:
-                s = ecs.describe_services(cluster=env.cluster, services=[name])["services"][0]
-                arns = ecs.list_tasks(cluster=env.cluster, serviceName=name)["taskArns"]
-                ts = ecs.describe_tasks(cluster=env.cluster, tasks=arns)["tasks"] if arns else []
-                healthy = sum(1 for t in ts if t["lastStatus"] == "RUNNING" and t.get("healthStatus") == "HEALTHY")
-                samples.append((s["runningCount"], healthy))
-            except Exception as e:  # noqa: BLE001 - a failed sample is reported, not fatal
-                samples.append((-1, -1))
-                print(f"sample failed: {e}")
+            take_sample()
             time.sleep(0.2)
 
+    take_sample()  # before the update: the sampler's window starts with the old tasks
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     try:
@@ -276,11 +283,13 @@ def test_a_rolling_update_never_drops_below_minimum_healthy(env, ecs, hosts):
     assert len(history) == 2 and {d["status"] for d in history} == {"SUCCESSFUL"}, history
     # desired 2, minimumHealthyPercent 50 -> at least ceil(1.0) = 1 healthy task all along
     assert samples and all(s[0] != -1 for s in samples), samples
-    assert min(h_ for _, h_ in samples) >= 1, f"healthy tasks dropped below 1 during the rollout: {samples}"
-    assert min(r for r, _ in samples) >= 1, f"runningCount dropped below 1 during the rollout: {samples}"
-    assert max(r for r, _ in samples) <= 4, f"more than maximumPercent (200% of 2) running: {samples}"
-    assert any(r > 2 for r, _ in samples) or any(r < 2 for r, _ in samples), \
-        f"the sampler saw no rollout at all: {samples}"
+    assert min(s[1] for s in samples) >= 1, f"healthy tasks dropped below 1 during the rollout: {samples}"
+    assert min(s[0] for s in samples) >= 1, f"runningCount dropped below 1 during the rollout: {samples}"
+    assert max(s[0] for s in samples) <= 4, f"more than maximumPercent (200% of 2) running: {samples}"
+    # the window covered the rollout: it began with revision 1 running and saw revision 2 come up
+    # (a rollout of 2 tasks can take under a second, so runningCount above 2 may never be sampled)
+    assert samples[0][2] == {"1"}, f"the first sample is not of the old tasks: {samples}"
+    assert any("2" in s[2] for s in samples), f"the sampler never saw a new task running: {samples}"
     delete_service(env, name)
 
 
