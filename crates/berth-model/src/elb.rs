@@ -461,6 +461,11 @@ pub struct TargetRecord {
     pub drain_until: Option<f64>,
     /// As last reported by the leader's health checker (or `initial`/`draining`).
     pub health: TargetHealth,
+    /// While draining: the load balancer nodes that reported it idle (no request in
+    /// flight, and none can start). Once every active node has, its task may stop
+    /// before `drain_until`, as ALB ends a deregistration early.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_on: Vec<String>,
 }
 
 impl TargetRecord {
@@ -532,6 +537,17 @@ impl TargetGroupPatch {
             tg.matcher = v.clone();
         }
     }
+}
+
+/// A draining target that a load balancer node found idle, named with its drain
+/// deadline so a report about an earlier drain of the same target is told apart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainIdle {
+    pub target_group_arn: String,
+    pub id: String,
+    pub port: u16,
+    pub drain_until: f64,
 }
 
 /// A health verdict from the leader's health checker for one target.

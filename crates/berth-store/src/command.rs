@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use berth_model::elb::{
-    Action, Attribute as ElbAttribute, Listener, LoadBalancer, Rule, RuleCondition, RuleRecord,
-    TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealthUpdate,
+    Action, Attribute as ElbAttribute, DrainIdle, Listener, LoadBalancer, Rule, RuleCondition,
+    RuleRecord, TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealthUpdate,
 };
 use berth_model::{
     ApiError, ArnContext, Attribute, Cluster, ClusterSetting, Container, ContainerInstance,
@@ -332,6 +332,15 @@ pub enum Command {
     /// Removes targets whose draining ended and clears tasks' `drainUntil` at or before `at`.
     #[serde(rename_all = "camelCase")]
     ElbSweep { at: f64 },
+    /// A load balancer node reports in (at least every `LB_NODE_REPORT_SECS` while it
+    /// serves listeners) with the draining targets it found idle; a task whose draining
+    /// targets every active node found idle stops before its deadline.
+    #[serde(rename_all = "camelCase")]
+    ElbDrainReport {
+        node: String,
+        idle: Vec<DrainIdle>,
+        at: f64,
+    },
     /// ELBv2 AddTags on one load balancer, target group, listener or rule (merge by key,
     /// at most 50: `TooManyTags`; unknown ARN: its kind's NotFound error).
     #[serde(rename_all = "camelCase")]
@@ -411,6 +420,7 @@ impl Command {
             Command::DeregisterTargets { .. } => "DeregisterTargets",
             Command::SetTargetHealth { .. } => "SetTargetHealth",
             Command::ElbSweep { .. } => "ElbSweep",
+            Command::ElbDrainReport { .. } => "ElbDrainReport",
             Command::AddElbTags { .. } => "AddElbTags",
             Command::RemoveElbTags { .. } => "RemoveElbTags",
         }
@@ -1020,6 +1030,7 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::DeregisterTargets { .. }
         | Command::SetTargetHealth { .. }
         | Command::ElbSweep { .. }
+        | Command::ElbDrainReport { .. }
         | Command::AddElbTags { .. }
         | Command::RemoveElbTags { .. } => crate::elb::apply(st, cmd),
     }

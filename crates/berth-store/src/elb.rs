@@ -14,13 +14,15 @@
 //! * `elb\0tk\0{cluster}\0{task id}\0{target key}` → [`TargetKey`]: a task's targets
 //! * `elb\0dr\0{until ms u64 be}{what}` → [`DrainEntry`]: draining targets and tasks by
 //!   deadline, so the sweep and [`next_drain_deadline`] never scan everything.
+//! * `elb\0nd\0{node}` → [`LbNodeRecord`]: the load balancer nodes that reported lately
+//!   (`ElbDrainReport`), whose word ends a drain before its deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::elb::{
-    Action, Attribute as ElbAttribute, Listener, LoadBalancer, Rule, RuleCondition, RuleRecord,
-    TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealth, TargetHealthUpdate,
-    TargetRecord, TargetTask,
+    Action, Attribute as ElbAttribute, DrainIdle, Listener, LoadBalancer, Rule, RuleCondition,
+    RuleRecord, TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealth,
+    TargetHealthUpdate, TargetRecord, TargetTask,
 };
 use berth_model::{ApiError, ErrorKind, Tag, TaskRecord};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,16 @@ const RULE: &[u8] = b"elb\0ru\0";
 const TARGET: &[u8] = b"elb\0tt\0";
 const TASK_TARGET: &[u8] = b"elb\0tk\0";
 const DRAIN: &[u8] = b"elb\0dr\0";
+const LB_NODE: &[u8] = b"elb\0nd\0";
+
+/// Load balancer nodes send an `ElbDrainReport` at least this often while they serve
+/// listeners, and at once when a draining target goes idle.
+pub const LB_NODE_REPORT_SECS: u64 = 20;
+/// A node whose last report is older than this no longer counts: a drain ends early
+/// without its word (it stopped serving, or died with its requests).
+pub const LB_NODE_TTL_SECS: f64 = 75.0;
+/// Records of nodes silent this long are deleted.
+const LB_NODE_FORGET_SECS: f64 = 3600.0;
 
 fn key(prefix: &[u8], arn: &str) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -93,6 +105,14 @@ pub struct TargetKey {
     pub target_group_arn: String,
     pub id: String,
     pub port: u16,
+}
+
+/// A load balancer node, as last heard of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbNodeRecord {
+    pub node: String,
+    pub last_seen: f64,
 }
 
 /// What drains until a deadline.
@@ -485,6 +505,7 @@ fn deregister<R: KvRead + ?Sized>(
     let mut new = t.clone();
     new.drain_until = Some(until);
     new.health = TargetHealth::draining();
+    new.idle_on.clear();
     put_target(st, Some(t), &new)?;
     Ok(Some(until))
 }
@@ -683,6 +704,7 @@ pub(crate) fn apply<R: KvRead + ?Sized>(
         } => deregister_targets(st, target_group_arn, targets, *at),
         Command::SetTargetHealth { updates } => set_target_health(st, updates),
         Command::ElbSweep { at } => sweep(st, *at),
+        Command::ElbDrainReport { node, idle, at } => drain_report(st, node, idle, *at),
         Command::AddElbTags { arn, tags } => {
             if let Some(r) = tag_resource_missing(st, arn)? {
                 return Ok(r);
@@ -1235,6 +1257,7 @@ fn register_targets<R: KvRead + ?Sized>(
             registered_at: at,
             drain_until: None,
             health: TargetHealth::initial(),
+            idle_on: Vec::new(),
         });
     }
     if !invalid.is_empty() {
@@ -1384,6 +1407,94 @@ fn sweep<R: KvRead + ?Sized>(st: &mut Staged<'_, R>, at: f64) -> Result<Response
         }
     }
     Ok(Response::Ok)
+}
+
+/// A load balancer node reports in, with the draining targets it found idle. A task whose
+/// draining targets every active node found idle stops now instead of at its deadline
+/// (ALB completes a deregistration early when nothing is in flight). The targets stay
+/// `draining` until the deadline, as on ALB, and still get no requests.
+fn drain_report<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    node: &str,
+    idle: &[DrainIdle],
+    at: f64,
+) -> Result<Response, StoreError> {
+    st.put_json(
+        key(LB_NODE, node),
+        &LbNodeRecord {
+            node: node.to_string(),
+            last_seen: at,
+        },
+    )?;
+    let active = active_lb_nodes(st, at)?;
+    let mut tasks = BTreeSet::new();
+    for d in idle {
+        let Some(t) = load_target(st, &d.target_group_arn, &d.id, d.port)? else {
+            continue;
+        };
+        // Only the drain the node saw: not an earlier one of a target registered again.
+        match t.drain_until {
+            Some(u) if u > at && (u - d.drain_until).abs() < 0.001 => {}
+            _ => continue,
+        }
+        if let Some(task) = &t.task {
+            tasks.insert((task.cluster.clone(), task.task_id.clone()));
+        }
+        if !t.idle_on.iter().any(|n| n == node) {
+            let mut new = t.clone();
+            new.idle_on.push(node.to_string());
+            new.idle_on.sort();
+            // Same key and indexes; nothing any load balancer node routes by changed.
+            st.put_json(target_key(&t.target_group_arn, &t.id, t.port), &new)?;
+        }
+    }
+    for (cluster, task_id) in tasks {
+        let Some(old) = crate::tasks::load_task(st, &cluster, &task_id)? else {
+            continue;
+        };
+        if old.drain_until.is_none_or(|u| u <= at) {
+            continue;
+        }
+        let drained = targets_of_task(st, &cluster, &task_id)?
+            .iter()
+            .filter(|t| t.drain_until.is_some_and(|u| u > at))
+            .all(|t| active.iter().all(|n| t.idle_on.contains(n)));
+        if drained {
+            let mut new = old.clone();
+            new.drain_until = None;
+            crate::tasks::put_task(st, &cluster, Some(&old), &new, at)?;
+        }
+    }
+    Ok(Response::Ok)
+}
+
+/// The nodes whose word counts at `at` (silent ones long gone are deleted on the way).
+fn active_lb_nodes<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    at: f64,
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut active = BTreeSet::new();
+    let mut forget = Vec::new();
+    for (k, v) in st.scan_prefix(LB_NODE)? {
+        let r: LbNodeRecord = serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            source,
+        })?;
+        if r.last_seen >= at - LB_NODE_TTL_SECS {
+            active.insert(r.node);
+        } else if r.last_seen < at - LB_NODE_FORGET_SECS {
+            forget.push(k);
+        }
+    }
+    for k in forget {
+        st.delete(k);
+    }
+    Ok(active)
+}
+
+/// Every load balancer node on record, with when it last reported.
+pub fn lb_nodes<R: KvRead + ?Sized>(kv: &R) -> Result<Vec<LbNodeRecord>, StoreError> {
+    scan_json(kv, LB_NODE)
 }
 
 // ---------------------------------------------------------------- ECS wiring (tasks)
@@ -1616,6 +1727,7 @@ fn register_task_targets<R: KvRead + ?Sized>(
             registered_at: at,
             drain_until: None,
             health: TargetHealth::initial(),
+            idle_on: Vec::new(),
         };
         put_target(st, old.as_ref(), &new)?;
         service_event(

@@ -1603,3 +1603,175 @@ fn stop_task_after_a_manual_deregister_waits_for_that_drain() {
     // in-flight requests of the target deregistered at 290 get their 30 s
     assert_eq!(task(&s, "t1").drain_until, Some(320.0));
 }
+
+fn drain_report(s: &mut Map, node: &str, idle: &[(&str, f64)], at: f64) {
+    let idle = idle
+        .iter()
+        .map(|(tg, until)| DrainIdle {
+            target_group_arn: tg_arn(tg),
+            id: "i1".into(),
+            port: 49160,
+            drain_until: *until,
+        })
+        .collect();
+    ok(run(
+        s,
+        Command::ElbDrainReport {
+            node: node.into(),
+            idle,
+            at,
+        },
+    ));
+}
+
+fn stop_t1(s: &mut Map, at: f64) {
+    let r = run(
+        s,
+        Command::StopTask {
+            cluster: "c".into(),
+            task_id: "t1".into(),
+            reason: "Task stopped by user".into(),
+            stop_code: "UserInitiated".into(),
+            at,
+        },
+    );
+    assert!(matches!(r, Response::Task { .. }), "{r:?}");
+}
+
+#[test]
+fn a_drain_ends_early_once_every_active_load_balancer_node_found_it_idle() {
+    let mut s = running_service_task();
+    set_delay(&mut s, "web", 300);
+    drain_report(&mut s, "server-1", &[], 299.0);
+    drain_report(&mut s, "edge-a", &[], 299.5);
+    stop_t1(&mut s, 300.0);
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    // one of the two nodes found it idle: the task keeps draining
+    drain_report(&mut s, "server-1", &[("web", 600.0)], 301.0);
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    assert_eq!(task(&s, "t1").task.last_status(), "DEACTIVATING");
+    let tgt = &targets(&s, &tg_arn("web")).unwrap()[0];
+    assert_eq!(tgt.idle_on, vec!["server-1".to_string()]);
+    // the same report again changes nothing
+    drain_report(&mut s, "server-1", &[("web", 600.0)], 301.5);
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    // the other one too: the task may stop now (a task change for its agent)...
+    let changes = {
+        let mut st = Staged::new(&s);
+        let cmd = Command::ElbDrainReport {
+            node: "edge-a".into(),
+            idle: vec![DrainIdle {
+                target_group_arn: tg_arn("web"),
+                id: "i1".into(),
+                port: 49160,
+                drain_until: 600.0,
+            }],
+            at: 302.0,
+        };
+        ok(crate::command::apply(&mut st, &cmd).unwrap());
+        let changes = st.changes.clone();
+        let writes = st.writes;
+        for (k, v) in writes {
+            match v {
+                Some(v) => s.insert(k, v),
+                None => s.remove(&k),
+            };
+        }
+        changes
+    };
+    assert!(changes.contains(&Change::Task {
+        cluster: "c".into(),
+        id: "t1".into(),
+        instance_id: "i1".into()
+    }));
+    // ...and no load balancer node has anything to rebuild
+    assert!(!changes.contains(&Change::Elb), "{changes:?}");
+    assert_eq!(task(&s, "t1").drain_until, None);
+    // the target shows `draining` until the deadline, as on ALB, and goes at the sweep
+    let tgt = &targets(&s, &tg_arn("web")).unwrap()[0];
+    assert_eq!(tgt.health, TargetHealth::draining());
+    assert_eq!(next_drain_deadline(&s).unwrap(), Some(600.0));
+    send(&mut s, report("t1", 3, "STOPPED", None), 303.0);
+    assert_eq!(task(&s, "t1").task.last_status(), "STOPPED");
+    assert_eq!(targets(&s, &tg_arn("web")).unwrap().len(), 1);
+    ok(run(&mut s, Command::ElbSweep { at: 600.0 }));
+    assert!(targets(&s, &tg_arn("web")).unwrap().is_empty());
+}
+
+#[test]
+fn a_node_silent_past_its_ttl_no_longer_holds_a_drain() {
+    let mut s = running_service_task();
+    set_delay(&mut s, "web", 300);
+    drain_report(&mut s, "server-1", &[], 299.0);
+    drain_report(&mut s, "server-2", &[], 299.0);
+    stop_t1(&mut s, 300.0);
+    drain_report(&mut s, "server-1", &[("web", 600.0)], 301.0);
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    // server-2 last reported at 299: at 299 + TTL it still counts...
+    drain_report(
+        &mut s,
+        "server-1",
+        &[("web", 600.0)],
+        299.0 + LB_NODE_TTL_SECS,
+    );
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    // ...a second later it does not
+    drain_report(
+        &mut s,
+        "server-1",
+        &[("web", 600.0)],
+        300.0 + LB_NODE_TTL_SECS,
+    );
+    assert_eq!(task(&s, "t1").drain_until, None);
+    // and a node silent for an hour is forgotten
+    drain_report(&mut s, "server-1", &[], 299.0 + 3601.0);
+    let nodes: Vec<String> = lb_nodes(&s).unwrap().into_iter().map(|n| n.node).collect();
+    assert_eq!(nodes, vec!["server-1".to_string()]);
+}
+
+#[test]
+fn an_idle_report_about_another_drain_or_a_live_target_changes_nothing() {
+    let mut s = running_service_task();
+    set_delay(&mut s, "web", 300);
+    // a live target is never "idle-drained"
+    drain_report(&mut s, "server-1", &[("web", 600.0)], 299.0);
+    assert!(targets(&s, &tg_arn("web")).unwrap()[0].idle_on.is_empty());
+    stop_t1(&mut s, 300.0);
+    // a report naming an earlier drain's deadline (the target drained and came back)
+    drain_report(&mut s, "server-1", &[("web", 450.0)], 301.0);
+    assert!(targets(&s, &tg_arn("web")).unwrap()[0].idle_on.is_empty());
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    // a report about a target group that does not exist
+    drain_report(&mut s, "server-1", &[("nope", 600.0)], 301.0);
+    assert_eq!(task(&s, "t1").drain_until, Some(600.0));
+    // registered again while draining: the new registration starts with no idle marks
+    drain_report(&mut s, "server-1", &[("web", 600.0)], 302.0);
+    assert_eq!(task(&s, "t1").drain_until, None);
+    ok(run(
+        &mut s,
+        Command::RegisterTargets {
+            target_group_arn: tg_arn("web"),
+            targets: vec![desc("i1", Some(49160))],
+            at: 303.0,
+        },
+    ));
+    let tgt = &targets(&s, &tg_arn("web")).unwrap()[0];
+    assert!(!tgt.draining() && tgt.idle_on.is_empty(), "{tgt:?}");
+}
+
+#[test]
+fn a_drain_report_round_trips_through_the_log_encoding() {
+    let req = crate::command::Request::new(Command::ElbDrainReport {
+        node: "server-1".into(),
+        idle: vec![DrainIdle {
+            target_group_arn: tg_arn("web"),
+            id: "i1".into(),
+            port: 49160,
+            drain_until: 1_763_000_000.123,
+        }],
+        at: 1_763_000_001.5,
+    });
+    let bytes = serde_json::to_vec(&req).unwrap();
+    let back: crate::command::Request = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, req);
+}
