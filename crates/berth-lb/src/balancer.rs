@@ -66,11 +66,14 @@ impl TargetState {
             checker_gen: AtomicU64::new(0),
         })
     }
+    /// Sequentially consistent with [`InFlight::start`]: a request that starts on a target
+    /// while it turns draining either sees the flag (and goes elsewhere) or is counted
+    /// before anyone who saw the flag reads `in_flight` (see `Lb::stats`).
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::SeqCst)
     }
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
     }
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
@@ -86,7 +89,7 @@ pub(crate) struct InFlight(pub(crate) Arc<TargetState>);
 
 impl InFlight {
     pub(crate) fn start(t: &Arc<TargetState>) -> InFlight {
-        t.in_flight.fetch_add(1, Ordering::Relaxed);
+        t.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(t.clone())
     }
 }

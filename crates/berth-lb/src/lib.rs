@@ -104,7 +104,11 @@ pub struct ListenerError {
 /// Per-target counters, for `berth` to report and for benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TargetStats {
+    /// Deregistered: gets no new requests.
+    pub draining: bool,
     /// Requests whose response (body included) or upgraded connection is still open.
+    /// Read after `draining`: a draining target with nothing in flight gets no request
+    /// from this node any more.
     pub in_flight: usize,
     /// Requests that got a response from the target.
     pub requests: u64,
@@ -233,7 +237,7 @@ impl Lb {
                         TargetState::new(key.clone(), t.addr, route)
                     }
                 };
-                let was_draining = state.draining.swap(t.draining, Ordering::Relaxed);
+                let was_draining = state.draining.swap(t.draining, Ordering::SeqCst);
                 if was_draining && !t.draining {
                     // Registered again after a deregistration: health starts over.
                     *state.hc.lock().unwrap_or_else(|e| e.into_inner()) = HealthMachine::new();
@@ -425,6 +429,7 @@ impl Lb {
                 (
                     k.clone(),
                     TargetStats {
+                        draining: t.is_draining(),
                         in_flight: t.in_flight(),
                         requests: t.served(),
                         idle_connections: t.pool.idle_count(),

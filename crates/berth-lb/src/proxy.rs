@@ -851,6 +851,13 @@ async fn forward(
             }
         };
         let in_flight = InFlight::start(&target);
+        if !fresh && target.is_draining() {
+            // Deregistered since it was chosen: this node may already have told the
+            // cluster the target is idle, so it must not get a new request.
+            drop(in_flight);
+            tried.push(target);
+            continue;
+        }
         let got = if fresh {
             connect(target.addr, to.connect).await.map(|c| (c, false))
         } else {

@@ -607,12 +607,27 @@ async fn draining_target_gets_no_new_requests_while_in_flight_finishes() {
         assert_eq!(get(addr, "/").await.2, "fast");
     }
     assert_eq!(slow.requests.load(Ordering::SeqCst), 1);
+    // What the node reports to end the drain early: draining, one request in flight.
+    let key = |a: SocketAddr| (TG.to_string(), a.to_string(), a.port());
+    let st = lb.stats()[&key(slow.addr)];
+    assert!(st.draining && st.in_flight == 1, "{st:?}");
+    assert!(!lb.stats()[&key(fast.addr)].draining);
     release.notify_one();
     let (s, _, body) = timeout(Duration::from_secs(5), pending)
         .await
         .unwrap()
         .unwrap();
     assert_eq!((s, body.as_str()), (StatusCode::OK, "slow done"));
+    // The response is complete: idle, and it stays so (no new request can start).
+    eventually("the slow target to be idle", || {
+        let st = lb.stats()[&key(slow.addr)];
+        st.draining && st.in_flight == 0
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/").await.2, "fast");
+    }
+    assert_eq!(lb.stats()[&key(slow.addr)].in_flight, 0);
     // Only draining targets left: 503.
     lb.apply(config(&[(slow.addr, true)], 0)).await;
     assert_eq!(get(addr, "/").await.0, 503);
