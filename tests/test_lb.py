@@ -9,7 +9,9 @@ What a user notices:
     spread over the tasks;
   * a rolling update behind the listener fails no request;
   * a task killed mid-traffic: its requests go to the other task, it leaves the group;
-  * a task whose health endpoint starts failing: traffic moves away, it is replaced.
+  * a task whose health endpoint starts failing: traffic moves away, it is replaced;
+  * a stopped task drains only while requests are in flight to it (through the server
+    or an edge node), not for the whole deregistration delay.
 
 Short timers keep it fast: health checks every 5 s (ALB's minimum) with thresholds
 of 2, a 3 s deregistration delay, and the services tests' server timers.
@@ -375,8 +377,116 @@ def test_a_failing_health_endpoint_moves_traffic_away_and_the_task_is_replaced(e
     assert not [f for f in traffic.failures if f[0] > t_sick], traffic.failures[:5]
 
 
+SLOW_SECS = 6
+SLOW_DELAY = 120  # the deregistration delay of the `slow` group: a drain that waits for it fails the test
+
+
+def slow_script(port: int) -> list[str]:
+    """A container command: busybox httpd on `port` with /cgi-bin/slow, which answers its
+    first line at once ("started task=<id>") and the rest ("done") SLOW_SECS later."""
+    cgi = "/tmp/www/cgi-bin/slow"
+    lines = ["mkdir -p /tmp/www/cgi-bin", 'echo "$BERTH_TASK_ID" > /tmp/task-id', "echo ok > /tmp/www/index.html"]
+    for line in ["#!/bin/sh", 'echo "Content-Type: text/plain"', "echo", 'echo "started task=$(cat /tmp/task-id)"',
+                 f"sleep {SLOW_SECS}", "echo done"]:
+        lines.append(f"echo '{line}' >> {cgi}")
+    lines += [f"chmod +x {cgi}", "trap 'exit 143' TERM INT", f"httpd -f -p {port} -h /tmp/www & wait"]
+    return ["sh", "-c", "; ".join(lines)]
+
+
+@pytest.fixture(scope="module")
+def slow(env, alb):
+    """Service `slow` (2 tasks) behind /cgi-bin/* with a 120 s deregistration delay."""
+    tg = target_group(env, h.unique("slow")[:32], "/")
+    elb(env, "modify-target-group-attributes", "--target-group-arn", tg,
+        "--attributes", f"Key=deregistration_delay.timeout_seconds,Value={SLOW_DELAY}")
+    elb(env, "create-rule", "--listener-arn", alb["listener"]["ListenerArn"], "--priority", "30",
+        "--conditions", "Field=path-pattern,Values=/cgi-bin/*", "--actions", f"Type=forward,TargetGroupArn={tg}")
+    td = env.register({"family": h.unique("slow"), "containerDefinitions": [
+        h.container_def("slow", env.registry.image("1"), command=slow_script(80),
+                        portMappings=[{"containerPort": 80, "hostPort": 0, "protocol": "tcp"}]),
+    ]})
+    create_service(env, "slow", td, 2, tg, "slow", 80)
+    return {"tg": tg}
+
+
+class SlowRequest:
+    """GET /cgi-bin/slow in a thread: which task took it (from the first line, sent at once),
+    then the whole answer and when it ended (wall clock, as the task's timestamps)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.task: str | None = None
+        self.status: int | None = None
+        self.body = ""
+        self.ended: float | None = None
+        self.error: str | None = None
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        try:
+            with urllib.request.urlopen(self.url, timeout=SLOW_SECS + 20) as r:
+                self.status = r.status
+                first = r.readline().decode()
+                self.task = first.strip().rsplit("task=", 1)[-1]
+                self.body = first + r.read().decode()
+        except Exception as e:  # noqa: BLE001 - a failure is a finding
+            self.error = repr(e)
+        self.ended = time.time()
+
+    def join(self) -> None:
+        self._t.join(SLOW_SECS + 30)
+
+
+def drain_waits_for_in_flight_requests_only(env, slow, base_url: str) -> float:
+    """Stops a `slow` task while requests through `base_url` are inside it. Asserts that
+    they finish, that the task keeps running until they have, and that it stops long
+    before the deregistration delay. Returns how long after its last request it stopped."""
+    healthy_targets(env, slow["tg"], 2)
+    reqs = [SlowRequest(base_url + "/cgi-bin/slow") for _ in range(4)]
+    h.wait_until(lambda: all(r.task or r.error for r in reqs), 15, "the slow requests to reach the tasks",
+                 interval=0.05)
+    assert not [r.error for r in reqs if r.error], [r.error for r in reqs]
+    victim = reqs[0].task
+    task = next(t for t in service_tasks(env, "slow") if t["taskArn"].endswith(victim))
+    arn = task["taskArn"]
+    (vb,) = h.task_container(task, "slow")["networkBindings"]
+    vkey = (task["containerInstanceArn"].rsplit("/", 1)[-1], vb["hostPort"])
+    t_stop = time.time()
+    h.aws("ecs", "stop-task", "--cluster", env.cluster, "--task", arn, node=env.node)
+    # while its requests run it drains: DEACTIVATING, its target `draining`
+    t = env.describe(arn)
+    assert t["desiredStatus"] == "STOPPED" and t["lastStatus"] == "DEACTIVATING", t
+    for r in reqs:
+        r.join()
+    mine = [r for r in reqs if r.task == victim]
+    assert all(r.status == 200 and r.body.endswith("done\n") for r in reqs), \
+        [(r.task, r.status, r.body, r.error) for r in reqs]
+    last_end = max(r.ended for r in mine)
+    stopped = h.wait_until(lambda: (d := env.describe(arn))["lastStatus"] == "STOPPED" and d, 60,
+                           "the drained task to stop well before the 120 s deregistration delay", interval=0.2)
+    # it ran until its last request ended (its container stopped after), and not much longer
+    assert stopped["executionStoppedAt"] >= last_end - 0.5, (stopped["executionStoppedAt"], last_end)
+    assert stopped["stoppedAt"] - t_stop < SLOW_DELAY / 2, stopped
+    # the target shows `draining` until the delay is over, as on ALB
+    (tgt,) = [x for x in target_health(env, slow["tg"]) if (x["Target"]["Id"], x["Target"]["Port"]) == vkey]
+    assert tgt["TargetHealth"]["State"] == "draining", tgt
+    assert tgt["TargetHealth"]["Reason"] == "Target.DeregistrationInProgress", tgt
+    return stopped["executionStoppedAt"] - last_end
+
+
+@pytest.mark.timeout(300)
+def test_a_drain_ends_when_its_requests_finish_not_at_the_deregistration_delay(env, alb, slow):
+    """ALB completes a deregistration early once nothing is in flight: a stopped task
+    serves its in-flight requests to the end, then stops, long before the 120 s delay."""
+    took = drain_waits_for_in_flight_requests_only(env, slow, alb["url"])
+    print(f"[berth tests] the drained task stopped {took:.2f} s after its last request ended")
+    # the service replaced it
+    healthy_targets(env, slow["tg"], 2)
+
+
 @pytest.mark.timeout(240)
-def test_an_edge_node_follows_the_cluster(env, alb, hosts, tmp_path):
+def test_an_edge_node_follows_the_cluster(env, alb, slow, hosts, tmp_path):
     """`berth lb --server …` on another machine (network namespace berth-h1, 10.99.0.11):
     it serves the same listeners and targets, and a new rule reaches it within a second
     or so of the change (long-polled from the server)."""
@@ -408,6 +518,10 @@ def test_an_edge_node_follows_the_cluster(env, alb, hosts, tmp_path):
         assert took < 3, f"the edge node took {took:.2f} s to apply a new rule"
         # The server's own listener answers the same.
         assert get(alb["url"] + "/edge-check") == (418, "from-the-rule")
+        # A drain waits for the requests in flight through the edge node too (the
+        # server's own load balancer has none and says so at once).
+        took = drain_waits_for_in_flight_requests_only(env, slow, edge)
+        print(f"[berth tests] through the edge node: stopped {took:.2f} s after its last request ended")
     finally:
         proc.terminate()
         try:

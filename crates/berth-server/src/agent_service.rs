@@ -396,12 +396,7 @@ async fn send(tx: &mpsc::Sender<Result<Frame, Status>>, msg: &ServerMessage) -> 
     tx.send(Ok(Frame { data })).await.is_ok()
 }
 
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use crate::controller::now_secs;
 
 fn decode(frame: &Frame) -> Result<AgentMessage, SessionError> {
     serde_json::from_slice(&frame.data)

@@ -159,6 +159,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>, peer: SocketAddr) -> Resp
             ),
         };
     }
+    if req.method() == Method::POST && req.uri().path() == "/berth/lb/report" {
+        return lb_report(&ctx, req, &rid).await;
+    }
     if crate::elbv2::is_query_request(req.headers()) {
         return crate::elbv2::serve(&ctx, req, &rid).await;
     }
@@ -198,30 +201,39 @@ fn health(ctx: &Ctx, rid: &str) -> Response<Full<Bytes>> {
     )
 }
 
-/// `GET /berth/lb/config?after=REV`, for `berth lb` edge nodes: the whole ELB state as
-/// JSON, long-polled (answers when it changed after REV, or after 25 s). Authorized by
-/// the cluster's join token (`Authorization: Bearer <token>`), like agents.
-async fn lb_config(ctx: &Ctx, req: &Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+/// Whether the request carries the cluster's join token (`Authorization: Bearer <token>`),
+/// as agents and `berth lb` edge nodes do.
+fn join_token_ok(ctx: &Ctx, req: &Request<Incoming>) -> bool {
     let given = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok = match &ctx.node.agent_settings.join_token {
+    match &ctx.node.agent_settings.join_token {
         Some(t) => {
             let (a, b) = (t.as_bytes(), given.as_bytes());
             a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
         }
         None => true,
-    };
-    if !ok {
-        return respond(
-            403,
-            "application/json",
-            br#"{"message":"berth lb needs the cluster's join token (--join-token)"}"#.to_vec(),
-            rid,
-        );
+    }
+}
+
+fn no_join_token(rid: &str) -> Response<Full<Bytes>> {
+    respond(
+        403,
+        "application/json",
+        br#"{"message":"berth lb needs the cluster's join token (--join-token)"}"#.to_vec(),
+        rid,
+    )
+}
+
+/// `GET /berth/lb/config?after=REV`, for `berth lb` edge nodes: the whole ELB state as
+/// JSON, long-polled (answers when it changed after REV, or after 25 s). Authorized by
+/// the cluster's join token.
+async fn lb_config(ctx: &Ctx, req: &Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+    if !join_token_ok(ctx, req) {
+        return no_join_token(rid);
     }
     let after = req.uri().query().and_then(|q| {
         q.split('&')
@@ -236,6 +248,64 @@ async fn lb_config(ctx: &Ctx, req: &Request<Incoming>, rid: &str) -> Response<Fu
             rid,
         ),
         Err(e) => error_response(&ApiError::server(e), rid),
+    }
+}
+
+/// `POST /berth/lb/report` from `berth lb` edge nodes: `{"node", "idle": [DrainIdle]}`,
+/// written as an `ElbDrainReport` (see `lb_runtime`). Authorized by the join token.
+async fn lb_report(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        node: String,
+        idle: Vec<berth_model::elb::DrainIdle>,
+    }
+    if !join_token_ok(ctx, &req) {
+        return no_join_token(rid);
+    }
+    let bytes = match http_body_util::Limited::new(req.into_body(), 4 << 20)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(
+                &ApiError::new(ErrorKind::SerializationException, e.to_string()),
+                rid,
+            )
+        }
+    };
+    let report: Report = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                &ApiError::new(
+                    ErrorKind::SerializationException,
+                    format!("A drain report must be {{\"node\": …, \"idle\": [...]}}: {e}"),
+                ),
+                rid,
+            )
+        }
+    };
+    if report.node.is_empty() || !report.node.starts_with("edge-") {
+        return error_response(
+            &ApiError::new(
+                ErrorKind::InvalidParameterException,
+                format!(
+                    "A drain report's node must be named edge-…, not '{}'",
+                    report.node
+                ),
+            ),
+            rid,
+        );
+    }
+    let cmd = berth_store::Command::ElbDrainReport {
+        node: report.node,
+        idle: report.idle,
+        at: crate::controller::now_secs(),
+    };
+    match ctx.node.write(cmd).await {
+        Ok(_) => respond(200, "application/json", b"{}".to_vec(), rid),
+        Err(e) => error_response(&e, rid),
     }
 }
 

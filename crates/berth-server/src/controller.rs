@@ -52,7 +52,7 @@ impl Default for ControllerSettings {
 /// At most this many tasks are started by one decision (one Raft entry).
 pub const MAX_STARTS_PER_DECISION: usize = 100;
 
-fn now_secs() -> f64 {
+pub(crate) fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

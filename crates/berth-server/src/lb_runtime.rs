@@ -6,6 +6,11 @@
 //!
 //! Every load balancer node checks health on its own (as ALB nodes do), so a node keeps
 //! routing around dead targets while the cluster has no leader.
+//!
+//! Every node that serves listeners also reports in (`ElbDrainReport`, at least every
+//! `LB_NODE_REPORT_SECS`) with the draining targets it will send nothing more: when
+//! every active node says so, the target's task stops before the deregistration delay
+//! is over (ALB completes a deregistration early when nothing is in flight).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use berth_lb::{Lb, ListenerConfig, RoutingConfig, TargetConfig, TargetGroupConfig};
 use berth_model::elb::{
-    Listener, Rule, RuleRecord, TargetGroupRecord, TargetHealthUpdate, TargetRecord,
+    DrainIdle, Listener, Rule, RuleRecord, TargetGroupRecord, TargetHealthUpdate, TargetRecord,
 };
 use berth_store::{Change, Command, StateReader};
 use serde::{Deserialize, Serialize};
@@ -158,11 +163,13 @@ pub async fn apply_logged(lb: &Lb, cfg: RoutingConfig, reported: &mut HashMap<St
 }
 
 /// Follows the local store: rebuilds the routing configuration on every ELB change
-/// (and every 10 s, which retries listeners that could not be opened).
+/// (and every 10 s, which retries listeners that could not be opened). Publishes each
+/// snapshot once the proxy runs it, for [`report_drains`].
 pub async fn follow_local(
     node: Arc<ServerNode>,
     lb: Arc<Lb>,
     serve: bool,
+    applied_tx: tokio::sync::watch::Sender<Option<Arc<LbSnapshot>>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut applied = node.reader.subscribe();
@@ -196,11 +203,110 @@ pub async fn follow_local(
                     cfg.listeners.clear();
                 }
                 apply_logged(&lb, cfg, &mut reported).await;
+                applied_tx.send_replace(Some(Arc::new(s)));
             }
             Err(e) => tracing::warn!(error = %e, "load balancer: reading the ELB state failed"),
         }
     }
     lb.shutdown().await;
+}
+
+/// The draining targets of `s` (a snapshot the proxy already runs) to which this node
+/// will send nothing more: draining in its routing table with no request in flight
+/// (none can start: see `berth_lb::TargetStats`), or not in it at all (their group is
+/// on no listener).
+pub fn idle_draining(s: &LbSnapshot, lb: &Lb) -> Vec<DrainIdle> {
+    let stats = lb.stats();
+    s.targets
+        .iter()
+        .filter_map(|t| {
+            let until = t.drain_until?;
+            let key = (t.target_group_arn.clone(), t.id.clone(), t.port);
+            let idle = stats
+                .get(&key)
+                .is_none_or(|st| st.draining && st.in_flight == 0);
+            idle.then(|| DrainIdle {
+                target_group_arn: t.target_group_arn.clone(),
+                id: t.id.clone(),
+                port: t.port,
+                drain_until: until,
+            })
+        })
+        .collect()
+}
+
+/// When a load balancer node reports in: at once when a draining target went idle, and
+/// every `LB_NODE_REPORT_SECS` while it serves listeners (so the cluster knows whose
+/// word a drain waits for).
+#[derive(Debug, Default)]
+pub struct DrainReporter {
+    reported: std::collections::HashSet<(String, String, u16, u64)>,
+    last: Option<tokio::time::Instant>,
+}
+
+fn idle_key(d: &DrainIdle) -> (String, String, u16, u64) {
+    (
+        d.target_group_arn.clone(),
+        d.id.clone(),
+        d.port,
+        d.drain_until.to_bits(),
+    )
+}
+
+impl DrainReporter {
+    /// Whether to report `idle` now.
+    pub fn due(&self, s: &LbSnapshot, idle: &[DrainIdle]) -> bool {
+        if s.listeners.is_empty() {
+            return false;
+        }
+        let every = Duration::from_secs(berth_store::elb::LB_NODE_REPORT_SECS);
+        self.last.is_none_or(|l| l.elapsed() >= every)
+            || idle.iter().any(|d| !self.reported.contains(&idle_key(d)))
+    }
+    /// `idle` was written.
+    pub fn sent(&mut self, idle: &[DrainIdle]) {
+        self.last = Some(tokio::time::Instant::now());
+        self.reported = idle.iter().map(idle_key).collect();
+    }
+}
+
+/// How often a node looks for draining targets that went idle.
+pub const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// A server's own reports (as `server-{id}`), while it serves listeners.
+pub async fn report_drains(
+    node: Arc<ServerNode>,
+    lb: Arc<Lb>,
+    mut applied: tokio::sync::watch::Receiver<Option<Arc<LbSnapshot>>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let name = format!("server-{}", node.id);
+    let mut reporter = DrainReporter::default();
+    let mut tick = tokio::time::interval(DRAIN_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = applied.changed() => { if r.is_err() { return; } }
+            _ = tick.tick() => {}
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+        let Some(s) = applied.borrow_and_update().clone() else {
+            continue;
+        };
+        let idle = idle_draining(&s, &lb);
+        if !reporter.due(&s, &idle) {
+            continue;
+        }
+        let cmd = Command::ElbDrainReport {
+            node: name.clone(),
+            idle: idle.clone(),
+            at: crate::controller::now_secs(),
+        };
+        match node.write(cmd).await {
+            Ok(_) => reporter.sent(&idle),
+            Err(e) => tracing::debug!(error = %e.message, "drain report failed; retrying"),
+        }
+    }
 }
 
 /// On the leader: writes the local checker's health transitions to the store, batched.
@@ -276,12 +382,22 @@ pub fn start(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Arc<Lb> {
     let lb = Lb::new(opts);
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(None);
     tokio::spawn(follow_local(
         node.clone(),
         lb.clone(),
         serve,
+        applied_tx,
         shutdown.clone(),
     ));
+    if serve {
+        tokio::spawn(report_drains(
+            node.clone(),
+            lb.clone(),
+            applied_rx,
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(report_health(node, lb.clone(), shutdown));
     lb
 }

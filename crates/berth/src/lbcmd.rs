@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_server::lb_runtime::{routing_config, LbSnapshot};
+use berth_server::lb_runtime::{
+    idle_draining, routing_config, DrainReporter, LbSnapshot, DRAIN_CHECK_EVERY,
+};
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
@@ -34,7 +36,14 @@ pub struct LbArgs {
     idle_timeout: String,
 }
 
-async fn fetch(server: &str, token: &str, after: Option<u64>) -> anyhow::Result<LbSnapshot> {
+/// One request to a server's API, authorized by the join token.
+async fn call(
+    server: &str,
+    token: &str,
+    req: hyper::http::request::Builder,
+    body: Bytes,
+    wait: Duration,
+) -> anyhow::Result<Bytes> {
     let host = server
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -48,17 +57,13 @@ async fn fetch(server: &str, token: &str, after: Option<u64>) -> anyhow::Result<
     .with_context(|| format!("connect to {host}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let uri = match after {
-        Some(a) => format!("/berth/lb/config?after={a}"),
-        None => "/berth/lb/config".to_string(),
-    };
-    let req = Request::get(uri)
+    let req = req
         .header("host", &host)
         .header("authorization", format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(Duration::from_secs(40), send.send_request(req))
+        .body(Full::new(body))?;
+    let resp = tokio::time::timeout(wait, send.send_request(req))
         .await
-        .context("the server did not answer within 40 s")??;
+        .with_context(|| format!("the server did not answer within {} s", wait.as_secs()))??;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     if !status.is_success() {
@@ -67,7 +72,77 @@ async fn fetch(server: &str, token: &str, after: Option<u64>) -> anyhow::Result<
             String::from_utf8_lossy(&body)
         );
     }
-    Ok(serde_json::from_slice(&body).context("decode the ELB state")?)
+    Ok(body)
+}
+
+async fn fetch(server: &str, token: &str, after: Option<u64>) -> anyhow::Result<LbSnapshot> {
+    let uri = match after {
+        Some(a) => format!("/berth/lb/config?after={a}"),
+        None => "/berth/lb/config".to_string(),
+    };
+    let body = call(
+        server,
+        token,
+        Request::get(uri),
+        Bytes::new(),
+        Duration::from_secs(40),
+    )
+    .await?;
+    serde_json::from_slice(&body).context("decode the ELB state")
+}
+
+/// This node's reports (see `berth_server::lb_runtime`): the draining targets it will
+/// send nothing more, so their tasks can stop before the deregistration delay is over.
+async fn report_drains(
+    servers: Vec<String>,
+    token: String,
+    lb: std::sync::Arc<berth_lb::Lb>,
+    mut applied: tokio::sync::watch::Receiver<Option<std::sync::Arc<LbSnapshot>>>,
+) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    // A restarted node is a new node: the old one's requests died with it.
+    let node = format!("edge-{host}-{}-{nanos:08x}", std::process::id());
+    tracing::info!(node, "berth lb: reports drains as this node");
+    let mut reporter = DrainReporter::default();
+    let mut i = 0usize;
+    let mut tick = tokio::time::interval(DRAIN_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = applied.changed() => { if r.is_err() { return; } }
+            _ = tick.tick() => {}
+        }
+        let Some(s) = applied.borrow_and_update().clone() else {
+            continue;
+        };
+        let idle = idle_draining(&s, &lb);
+        if !reporter.due(&s, &idle) {
+            continue;
+        }
+        let body = serde_json::json!({ "node": node, "idle": idle }).to_string();
+        let server = &servers[i % servers.len()];
+        match call(
+            server,
+            &token,
+            Request::post("/berth/lb/report").header("content-type", "application/json"),
+            Bytes::from(body),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(_) => reporter.sent(&idle),
+            Err(e) => {
+                tracing::debug!(server, error = %format!("{e:#}"), "berth lb: drain report failed; trying the next server");
+                i += 1;
+            }
+        }
+    }
 }
 
 pub async fn run(args: LbArgs) -> anyhow::Result<()> {
@@ -79,6 +154,13 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
         idle_timeout: idle,
         ..Default::default()
     });
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(None);
+    let reports = tokio::spawn(report_drains(
+        args.servers.clone(),
+        token.clone(),
+        lb.clone(),
+        applied_rx,
+    ));
     let mut current: Option<LbSnapshot> = None;
     let mut reported = std::collections::HashMap::new();
     let mut i = 0usize;
@@ -123,6 +205,7 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
                         "berth lb: routing updated"
                     );
                 }
+                applied_tx.send_replace(Some(std::sync::Arc::new(s.clone())));
                 current = Some(s);
             }
             Err(e) => {
@@ -137,6 +220,7 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
             }
         }
     }
+    reports.abort();
     lb.shutdown().await;
     Ok(())
 }
