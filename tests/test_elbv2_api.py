@@ -552,7 +552,8 @@ def target_health(server, tg_arn: str, *targets: str) -> list[dict]:
 
 
 def test_register_and_deregister_ip_targets(server):
-    tg = create_tg(server, None, "--target-type", "ip", "--vpc-id", "vpc-local")
+    tg = create_tg(server, None, "--target-type", "ip", "--vpc-id", "vpc-local",
+                   "--health-check-interval-seconds", "5")
     arn = tg["TargetGroupArn"]
     elb(server, "register-targets", "--target-group-arn", arn, "--targets", "Id=127.0.0.1,Port=9",
         "Id=127.0.0.2")
@@ -560,9 +561,23 @@ def test_register_and_deregister_ip_targets(server):
     assert [(h["Target"]["Id"], h["Target"]["Port"]) for h in health] == [("127.0.0.1", 9),
                                                                           ("127.0.0.2", 80)]
     assert [h["HealthCheckPort"] for h in health] == ["9", "80"]
-    # No load balancer sends to the group and nothing probes it yet: registration in progress.
-    assert health[0]["TargetHealth"]["State"] == "initial", health
-    assert health[0]["TargetHealth"]["Reason"] == "Elb.RegistrationInProgress"
+    # No listener sends to the group: no traffic, no health checks (ALB's words).
+    assert {h["TargetHealth"]["State"] for h in health} == {"unused"}, health
+    assert health[0]["TargetHealth"]["Reason"] == "Target.NotInUse", health
+    assert health[0]["TargetHealth"]["Description"] == \
+        "Target group is not configured to receive traffic from the load balancer", health
+    # On a listener, its targets are checked: initial, then a verdict (nothing listens
+    # on 127.0.0.1:9, so unhealthy).
+    lb = create_lb(server)
+    listener = create_listener(server, lb["LoadBalancerArn"], arn)
+    health = target_health(server, arn, "Id=127.0.0.1,Port=9")
+    assert health[0]["TargetHealth"]["State"] in ("initial", "unhealthy"), health
+    wait_until(lambda: target_health(server, arn, "Id=127.0.0.1,Port=9")[0]["TargetHealth"]["State"]
+               == "unhealthy", 60, "127.0.0.1:9 checked and found unhealthy")
+    # Off the listener again: unused, whatever the last verdict was.
+    elb(server, "delete-listener", "--listener-arn", listener["ListenerArn"])
+    health = target_health(server, arn, "Id=127.0.0.1,Port=9")
+    assert health[0]["TargetHealth"]["Reason"] == "Target.NotInUse", health
 
     elb(server, "deregister-targets", "--target-group-arn", arn, "--targets", "Id=127.0.0.1,Port=9")
     drained = target_health(server, arn, "Id=127.0.0.1,Port=9")

@@ -338,7 +338,7 @@ fn has_health_check(td: &TaskDefinition) -> bool {
 }
 
 /// The load balancer's view of a task of a service with `loadBalancers`: healthy when
-/// every target it has (in target groups that still exist) is healthy.
+/// every target it has (in target groups that still exist and get traffic) is healthy.
 ///
 /// A task is judged by the targets it actually has, not by the service's current list:
 /// tasks of an older deployment that predates a `loadBalancers` change are not all
@@ -501,11 +501,14 @@ async fn reconcile_one(
     let group = rec.group();
     let records = node.reader.tasks_of_group(cluster, &group).map_err(serr)?;
     let mut checked: HashMap<String, bool> = HashMap::new();
-    // The service's target groups that exist (a deleted one no longer gates health).
+    // The service's target groups that exist and that a listener forwards to. A deleted
+    // one no longer gates health, nor does one whose listener is gone: it gets neither
+    // traffic nor health checks (its targets are `unused`, `Target.NotInUse`).
     let mut lb_groups = BTreeSet::new();
     for l in &rec.service.load_balancers {
         if let Some(arn) = &l.target_group_arn {
-            if node.reader.elb_target_group(arn).map_err(serr)?.is_some() {
+            let tg = node.reader.elb_target_group(arn).map_err(serr)?;
+            if tg.is_some_and(|g| !g.target_group.load_balancer_arns.is_empty()) {
                 lb_groups.insert(arn.clone());
             }
         }

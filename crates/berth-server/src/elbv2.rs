@@ -1122,9 +1122,19 @@ fn health_description(
     }))
 }
 
-fn record_health(t: &TargetRecord) -> TargetHealth {
-    if t.draining() && t.health.state != "draining" {
+/// What DescribeTargetHealth shows for a stored target of a group that is (`in_use`)
+/// or is not on any listener.
+fn record_health(t: &TargetRecord, in_use: bool) -> TargetHealth {
+    if t.draining() {
         TargetHealth::draining()
+    } else if !in_use {
+        // No listener forwards to the group: no traffic and no health checks, so the
+        // last verdict would be stale. ALB's words.
+        TargetHealth::new(
+            "unused",
+            Some("Target.NotInUse"),
+            Some("Target group is not configured to receive traffic from the load balancer"),
+        )
     } else {
         t.health.clone()
     }
@@ -1134,6 +1144,7 @@ fn describe_target_health(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let arn = p.req_str("TargetGroupArn")?;
     let rec = target_group(ctx, arn)?;
     let tg = &rec.target_group;
+    let in_use = !tg.load_balancer_arns.is_empty();
     let mut registered = targets_of(ctx, arn)?;
     registered.sort_by(|a, b| (&a.id, a.port).cmp(&(&b.id, b.port)));
     let mut out = Vec::new();
@@ -1143,7 +1154,7 @@ fn describe_target_health(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
                 out.push(health_description(
                     &tg.health_check_port,
                     t.description(),
-                    record_health(t),
+                    record_health(t, in_use),
                 )?);
             }
         }
@@ -1175,7 +1186,7 @@ fn describe_target_health(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
                     out.push(health_description(
                         &tg.health_check_port,
                         t.description(),
-                        record_health(t),
+                        record_health(t, in_use),
                     )?);
                 }
             }
