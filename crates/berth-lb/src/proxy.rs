@@ -837,6 +837,9 @@ async fn forward(
     // another target if there is one (else on a new connection to the same one).
     let mut replayed = false;
     let mut next: Option<(Arc<TargetState>, bool)> = None;
+    // The count of a request being sent once more stays up until the next attempt has
+    // its own: its target never looks idle in between (a draining target must not).
+    let mut carried: Option<InFlight> = None;
     loop {
         let (target, fresh) = match next.take() {
             Some(n) => n,
@@ -851,6 +854,7 @@ async fn forward(
             }
         };
         let in_flight = InFlight::start(&target);
+        drop(carried.take());
         if !fresh && target.is_draining() {
             // Deregistered since it was chosen: this node may already have told the
             // cluster the target is idle, so it must not get a new request.
@@ -904,6 +908,7 @@ async fn forward(
                         Some(again) if dead_connection(e.error(), got_bytes) => {
                             tracing::debug!(target = ?target.key, error = %e.error(), "pooled target connection was dead; sending the request again");
                             replayed = true;
+                            carried = Some(in_flight);
                             pending = Some(again);
                             failure = StatusCode::BAD_GATEWAY;
                             tried.push(target.clone());

@@ -286,7 +286,13 @@ async fn lb_report(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Ful
             )
         }
     };
-    if report.node.is_empty() || !report.node.starts_with("edge-") {
+    let name_ok = report.node.starts_with("edge-")
+        && report.node.len() <= 200
+        && report
+            .node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !name_ok {
         return error_response(
             &ApiError::new(
                 ErrorKind::InvalidParameterException,

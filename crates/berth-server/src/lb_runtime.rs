@@ -66,7 +66,8 @@ pub fn snapshot(reader: &StateReader) -> Result<LbSnapshot, String> {
 }
 
 /// The proxy's configuration from a snapshot. Target groups that no listener uses are
-/// left out (ALB neither checks nor routes them: their targets are `unused`).
+/// left out (ALB neither checks nor routes them: their targets are `unused`), but for
+/// their draining targets.
 pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
     let mut rules_of: HashMap<&str, Vec<Rule>> = HashMap::new();
     for r in &s.rules {
@@ -103,10 +104,19 @@ pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
             }
         }
     }
+    // Groups no listener forwards to are left out (not checked, not routed), except
+    // for their draining targets: requests sent while the group was on a listener may
+    // still run, and the proxy must keep counting them (see `idle_draining`).
+    let draining_in: std::collections::HashSet<&str> = s
+        .targets
+        .iter()
+        .filter(|t| t.draining())
+        .map(|t| t.target_group_arn.as_str())
+        .collect();
     let mut target_groups: HashMap<String, TargetGroupConfig> = HashMap::new();
     for tg in &s.target_groups {
         let arn = &tg.target_group.target_group_arn;
-        if !used.contains(arn) {
+        if !used.contains(arn.as_str()) && !draining_in.contains(arn.as_str()) {
             continue;
         }
         target_groups.insert(
@@ -121,6 +131,9 @@ pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
         let Some(g) = target_groups.get_mut(&t.target_group_arn) else {
             continue;
         };
+        if !t.draining() && !used.contains(t.target_group_arn.as_str()) {
+            continue;
+        }
         let Ok(ip) = t.address.parse::<IpAddr>() else {
             continue;
         };
@@ -175,6 +188,19 @@ pub async fn follow_local(
     let mut applied = node.reader.subscribe();
     let mut last: Option<u64> = None;
     let mut reported = HashMap::new();
+    if serve {
+        let cmd = Command::ElbDrainReport {
+            node: server_node_name(&node),
+            idle: vec![],
+            at: crate::controller::now_secs(),
+        };
+        if tokio::time::timeout(REGISTER_WAIT, node.write(cmd))
+            .await
+            .is_err()
+        {
+            tracing::warn!("load balancer: could not make this node known to the cluster (no leader?); serving anyway");
+        }
+    }
     let mut retry = tokio::time::interval(Duration::from_secs(10));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -211,13 +237,22 @@ pub async fn follow_local(
     lb.shutdown().await;
 }
 
-/// The draining targets of `s` (a snapshot the proxy already runs) to which this node
-/// will send nothing more: draining in its routing table with no request in flight
-/// (none can start: see `berth_lb::TargetStats`), or not in it at all (their group is
-/// on no listener).
-pub fn idle_draining(s: &LbSnapshot, lb: &Lb) -> Vec<DrainIdle> {
+/// What a load balancer node reports about a snapshot the proxy already runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainView {
+    /// The draining targets of the snapshot to which this node will send nothing more:
+    /// draining in its routing table with no request in flight (none can start: see
+    /// `berth_lb::TargetStats`), or not in it at all.
+    pub idle: Vec<DrainIdle>,
+    /// The node serves listeners or still has requests in flight: the cluster must
+    /// keep hearing from it.
+    pub serving: bool,
+}
+
+pub fn drain_view(s: &LbSnapshot, lb: &Lb) -> DrainView {
     let stats = lb.stats();
-    s.targets
+    let idle = s
+        .targets
         .iter()
         .filter_map(|t| {
             let until = t.drain_until?;
@@ -232,12 +267,14 @@ pub fn idle_draining(s: &LbSnapshot, lb: &Lb) -> Vec<DrainIdle> {
                 drain_until: until,
             })
         })
-        .collect()
+        .collect();
+    let serving = !s.listeners.is_empty() || stats.values().any(|st| st.in_flight > 0);
+    DrainView { idle, serving }
 }
 
 /// When a load balancer node reports in: at once when a draining target went idle, and
-/// every `LB_NODE_REPORT_SECS` while it serves listeners (so the cluster knows whose
-/// word a drain waits for).
+/// every `LB_NODE_REPORT_SECS` while it serves (so the cluster knows whose word a drain
+/// waits for).
 #[derive(Debug, Default)]
 pub struct DrainReporter {
     reported: std::collections::HashSet<(String, String, u16, u64)>,
@@ -254,14 +291,14 @@ fn idle_key(d: &DrainIdle) -> (String, String, u16, u64) {
 }
 
 impl DrainReporter {
-    /// Whether to report `idle` now.
-    pub fn due(&self, s: &LbSnapshot, idle: &[DrainIdle]) -> bool {
-        if s.listeners.is_empty() {
+    /// Whether to report `v` now.
+    pub fn due(&self, v: &DrainView) -> bool {
+        if !v.serving {
             return false;
         }
         let every = Duration::from_secs(berth_store::elb::LB_NODE_REPORT_SECS);
         self.last.is_none_or(|l| l.elapsed() >= every)
-            || idle.iter().any(|d| !self.reported.contains(&idle_key(d)))
+            || v.idle.iter().any(|d| !self.reported.contains(&idle_key(d)))
     }
     /// `idle` was written.
     pub fn sent(&mut self, idle: &[DrainIdle]) {
@@ -273,6 +310,14 @@ impl DrainReporter {
 /// How often a node looks for draining targets that went idle.
 pub const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// A node makes itself known (an empty report) before it first routes anything, so no
+/// drain ends without its word; it waits at most this long (no leader: it serves anyway).
+pub const REGISTER_WAIT: Duration = Duration::from_secs(5);
+
+fn server_node_name(node: &ServerNode) -> String {
+    format!("server-{}", node.id)
+}
+
 /// A server's own reports (as `server-{id}`), while it serves listeners.
 pub async fn report_drains(
     node: Arc<ServerNode>,
@@ -280,7 +325,7 @@ pub async fn report_drains(
     mut applied: tokio::sync::watch::Receiver<Option<Arc<LbSnapshot>>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let name = format!("server-{}", node.id);
+    let name = server_node_name(&node);
     let mut reporter = DrainReporter::default();
     let mut tick = tokio::time::interval(DRAIN_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,17 +338,17 @@ pub async fn report_drains(
         let Some(s) = applied.borrow_and_update().clone() else {
             continue;
         };
-        let idle = idle_draining(&s, &lb);
-        if !reporter.due(&s, &idle) {
+        let v = drain_view(&s, &lb);
+        if !reporter.due(&v) {
             continue;
         }
         let cmd = Command::ElbDrainReport {
             node: name.clone(),
-            idle: idle.clone(),
+            idle: v.idle.clone(),
             at: crate::controller::now_secs(),
         };
         match node.write(cmd).await {
-            Ok(_) => reporter.sent(&idle),
+            Ok(_) => reporter.sent(&v.idle),
             Err(e) => tracing::debug!(error = %e.message, "drain report failed; retrying"),
         }
     }
@@ -432,4 +477,115 @@ pub async fn long_poll(
         }
     }
     snapshot(&node.reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_model::elb::{Action, TargetGroup, TargetHealth};
+
+    fn tg(arn: &str) -> TargetGroupRecord {
+        TargetGroupRecord {
+            target_group: TargetGroup {
+                target_group_arn: arn.into(),
+                ..Default::default()
+            },
+            attributes: vec![],
+        }
+    }
+
+    fn target(tg: &str, port: u16, drain_until: Option<f64>) -> TargetRecord {
+        TargetRecord {
+            target_group_arn: tg.into(),
+            id: "i1".into(),
+            port,
+            address: "10.0.0.7".into(),
+            drain_until,
+            health: TargetHealth::healthy(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot_with_unused_group() -> LbSnapshot {
+        LbSnapshot {
+            revision: 7,
+            listeners: vec![Listener {
+                listener_arn: "l1".into(),
+                load_balancer_arn: "lb".into(),
+                port: 8080,
+                protocol: "HTTP".into(),
+                default_actions: vec![Action {
+                    action_type: "forward".into(),
+                    target_group_arn: Some("used".into()),
+                    ..Default::default()
+                }],
+            }],
+            rules: vec![],
+            target_groups: vec![tg("used"), tg("unused"), tg("idle")],
+            targets: vec![
+                target("used", 1, None),
+                target("used", 2, Some(500.0)),
+                target("unused", 3, None),
+                target("unused", 4, Some(500.0)),
+                target("idle", 5, None),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_group_off_every_listener_keeps_only_its_draining_targets_in_the_proxy() {
+        let cfg = routing_config(&snapshot_with_unused_group());
+        let ports = |arn: &str| -> Vec<(u16, bool)> {
+            let mut v: Vec<_> = cfg.target_groups[arn]
+                .targets
+                .iter()
+                .map(|t| (t.port, t.draining))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ports("used"), vec![(1, false), (2, true)]);
+        // requests sent while it was on a listener may still run: counted, not checked
+        assert_eq!(ports("unused"), vec![(4, true)]);
+        assert!(!cfg.target_groups.contains_key("idle"));
+        assert_eq!(cfg.listeners.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_reports_new_idle_targets_at_once_and_otherwise_every_20_s() {
+        let idle = |until: f64| DrainIdle {
+            target_group_arn: "used".into(),
+            id: "i1".into(),
+            port: 2,
+            drain_until: until,
+        };
+        let mut r = DrainReporter::default();
+        let quiet = DrainView {
+            idle: vec![],
+            serving: false,
+        };
+        assert!(!r.due(&quiet), "a node that serves nothing says nothing");
+        let serving = DrainView {
+            idle: vec![],
+            serving: true,
+        };
+        assert!(r.due(&serving), "the first report goes at once");
+        r.sent(&serving.idle);
+        assert!(!r.due(&serving));
+        let one = DrainView {
+            idle: vec![idle(500.0)],
+            serving: true,
+        };
+        assert!(r.due(&one), "a target that went idle is reported at once");
+        r.sent(&one.idle);
+        assert!(!r.due(&one));
+        // the same target drained again (another deadline) is news
+        let again = DrainView {
+            idle: vec![idle(900.0)],
+            serving: true,
+        };
+        assert!(r.due(&again));
+        tokio::time::advance(Duration::from_secs(berth_store::elb::LB_NODE_REPORT_SECS)).await;
+        assert!(r.due(&one), "the heartbeat");
+    }
 }

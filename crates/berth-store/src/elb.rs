@@ -1419,11 +1419,13 @@ fn drain_report<R: KvRead + ?Sized>(
     idle: &[DrainIdle],
     at: f64,
 ) -> Result<Response, StoreError> {
+    // Reports reach the log through any server, stamped by its clock: never go back.
+    let seen: Option<LbNodeRecord> = st.get_json(&key(LB_NODE, node))?;
     st.put_json(
         key(LB_NODE, node),
         &LbNodeRecord {
             node: node.to_string(),
-            last_seen: at,
+            last_seen: seen.map_or(at, |r| r.last_seen.max(at)),
         },
     )?;
     let active = active_lb_nodes(st, at)?;

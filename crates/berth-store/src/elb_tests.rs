@@ -1775,3 +1775,14 @@ fn a_drain_report_round_trips_through_the_log_encoding() {
     let back: crate::command::Request = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back, req);
 }
+
+#[test]
+fn a_node_last_seen_never_goes_back_with_a_slower_servers_clock() {
+    let mut s = running_service_task();
+    drain_report(&mut s, "edge-a", &[], 400.0);
+    // relayed through a server whose clock is 50 s behind
+    drain_report(&mut s, "edge-a", &[], 350.0);
+    let n = lb_nodes(&s).unwrap();
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].last_seen, 400.0);
+}

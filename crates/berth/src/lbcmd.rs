@@ -1,13 +1,15 @@
 //! `berth lb`: a load balancer node on an edge machine. It follows the cluster's ELB
 //! state from any server (long-polling `GET /berth/lb/config`, failing over between the
-//! servers given), checks target health itself and serves the listeners. It stores
-//! nothing: a restart re-reads the state.
+//! servers given), checks target health itself and serves the listeners. It reports the
+//! draining targets it has nothing in flight to (`POST /berth/lb/report`), so drains
+//! end early without cutting its requests. It stores nothing: a restart re-reads the
+//! state (and is a new node).
 
 use std::time::Duration;
 
 use anyhow::Context;
 use berth_server::lb_runtime::{
-    idle_draining, routing_config, DrainReporter, LbSnapshot, DRAIN_CHECK_EVERY,
+    drain_view, routing_config, DrainReporter, LbSnapshot, DRAIN_CHECK_EVERY, REGISTER_WAIT,
 };
 use bytes::Bytes;
 use clap::Args;
@@ -91,14 +93,28 @@ async fn fetch(server: &str, token: &str, after: Option<u64>) -> anyhow::Result<
     serde_json::from_slice(&body).context("decode the ELB state")
 }
 
-/// This node's reports (see `berth_server::lb_runtime`): the draining targets it will
-/// send nothing more, so their tasks can stop before the deregistration delay is over.
-async fn report_drains(
-    servers: Vec<String>,
-    token: String,
-    lb: std::sync::Arc<berth_lb::Lb>,
-    mut applied: tokio::sync::watch::Receiver<Option<std::sync::Arc<LbSnapshot>>>,
-) {
+/// Sends one drain report (see `berth_server::lb_runtime`) to `server`.
+async fn send_report(
+    server: &str,
+    token: &str,
+    node: &str,
+    idle: &[berth_model::elb::DrainIdle],
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "node": node, "idle": idle }).to_string();
+    call(
+        server,
+        token,
+        Request::post("/berth/lb/report").header("content-type", "application/json"),
+        Bytes::from(body),
+        Duration::from_secs(10),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// This node's name in its reports. A restarted node is a new node: the old one's
+/// requests died with it.
+fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
@@ -106,9 +122,18 @@ async fn report_drains(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    // A restarted node is a new node: the old one's requests died with it.
-    let node = format!("edge-{host}-{}-{nanos:08x}", std::process::id());
-    tracing::info!(node, "berth lb: reports drains as this node");
+    format!("edge-{host}-{}-{nanos:08x}", std::process::id())
+}
+
+/// This node's reports: the draining targets it will send nothing more, so their tasks
+/// can stop before the deregistration delay is over.
+async fn report_drains(
+    servers: Vec<String>,
+    token: String,
+    node: String,
+    lb: std::sync::Arc<berth_lb::Lb>,
+    mut applied: tokio::sync::watch::Receiver<Option<std::sync::Arc<LbSnapshot>>>,
+) {
     let mut reporter = DrainReporter::default();
     let mut i = 0usize;
     let mut tick = tokio::time::interval(DRAIN_CHECK_EVERY);
@@ -121,22 +146,13 @@ async fn report_drains(
         let Some(s) = applied.borrow_and_update().clone() else {
             continue;
         };
-        let idle = idle_draining(&s, &lb);
-        if !reporter.due(&s, &idle) {
+        let v = drain_view(&s, &lb);
+        if !reporter.due(&v) {
             continue;
         }
-        let body = serde_json::json!({ "node": node, "idle": idle }).to_string();
         let server = &servers[i % servers.len()];
-        match call(
-            server,
-            &token,
-            Request::post("/berth/lb/report").header("content-type", "application/json"),
-            Bytes::from(body),
-            Duration::from_secs(10),
-        )
-        .await
-        {
-            Ok(_) => reporter.sent(&idle),
+        match send_report(server, &token, &node, &v.idle).await {
+            Ok(()) => reporter.sent(&v.idle),
             Err(e) => {
                 tracing::debug!(server, error = %format!("{e:#}"), "berth lb: drain report failed; trying the next server");
                 i += 1;
@@ -154,10 +170,30 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
         idle_timeout: idle,
         ..Default::default()
     });
+    let node = node_name();
+    tracing::info!(node, "berth lb: reports drains as this node");
+    // Known to the cluster before routing anything, so no drain ends without its word.
+    let mut registered = false;
+    for server in &args.servers {
+        match tokio::time::timeout(REGISTER_WAIT, send_report(server, &token, &node, &[])).await {
+            Ok(Ok(())) => {
+                registered = true;
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(server, error = %format!("{e:#}"), "berth lb: registering failed")
+            }
+            Err(_) => tracing::debug!(server, "berth lb: registering timed out"),
+        }
+    }
+    if !registered {
+        tracing::warn!("berth lb: could not make this node known to the cluster; serving anyway");
+    }
     let (applied_tx, applied_rx) = tokio::sync::watch::channel(None);
     let reports = tokio::spawn(report_drains(
         args.servers.clone(),
         token.clone(),
+        node,
         lb.clone(),
         applied_rx,
     ));
@@ -189,15 +225,12 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
                     tracing::info!(server, "berth lb: following the cluster again");
                 }
                 failures = 0;
-                let same = current.as_ref().map(|c| {
-                    c.listeners == s.listeners
-                        && c.rules == s.rules
-                        && c.target_groups == s.target_groups
-                        && c.targets == s.targets
-                });
-                if same != Some(true) || !reported.is_empty() {
-                    berth_server::lb_runtime::apply_logged(&lb, routing_config(&s), &mut reported)
-                        .await;
+                let cfg = routing_config(&s);
+                // What the proxy runs, not the records (their drain marks change
+                // without changing any route).
+                let same = current.as_ref().is_some_and(|c| routing_config(c) == cfg);
+                if !same || !reported.is_empty() {
+                    berth_server::lb_runtime::apply_logged(&lb, cfg, &mut reported).await;
                     tracing::info!(
                         revision = s.revision,
                         listeners = s.listeners.len(),
