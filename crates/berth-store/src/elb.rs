@@ -1501,6 +1501,28 @@ pub fn lb_nodes<R: KvRead + ?Sized>(kv: &R) -> Result<Vec<LbNodeRecord>, StoreEr
 
 // ---------------------------------------------------------------- ECS wiring (tasks)
 
+/// An instance registered again from a new host IP (DHCP, a moved machine): its
+/// targets follow, so the load balancer connects to where its tasks now listen (and
+/// checks them afresh there).
+pub(crate) fn instance_address_changed<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    instance_id: &str,
+    address: &str,
+) -> Result<(), StoreError> {
+    let all: Vec<TargetRecord> = scan_json(st, TARGET)?;
+    for t in all {
+        if t.id != instance_id || t.address == address {
+            continue;
+        }
+        let mut new = t.clone();
+        new.address = address.to_string();
+        // Same key and indexes.
+        st.put_json(target_key(&t.target_group_arn, &t.id, t.port), &new)?;
+        touched(st);
+    }
+    Ok(())
+}
+
 /// Called for every task write (before it is stored): registers a service task's targets
 /// when it reaches RUNNING, drains a task's targets at once when it reaches STOPPED (and
 /// ends its own draining), and keeps the drain index of tasks in step.

@@ -1786,3 +1786,47 @@ fn a_node_last_seen_never_goes_back_with_a_slower_servers_clock() {
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].last_seen, 400.0);
 }
+
+#[test]
+fn targets_follow_an_instance_that_comes_back_with_a_new_address() {
+    let mut s = running_service_task();
+    assert_eq!(targets(&s, &tg_arn("web")).unwrap()[0].address, "10.0.0.7");
+    let changes = {
+        let mut st = Staged::new(&s);
+        let cmd = Command::RegisterContainerInstance {
+            ctx: ctx(),
+            hello: hello("i1", "10.0.0.9"),
+            at: 400.0,
+        };
+        assert!(matches!(
+            crate::command::apply(&mut st, &cmd).unwrap(),
+            Response::ContainerInstance { .. }
+        ));
+        let changes = st.changes.clone();
+        for (k, v) in st.writes {
+            match v {
+                Some(v) => s.insert(k, v),
+                None => s.remove(&k),
+            };
+        }
+        changes
+    };
+    let t = &targets(&s, &tg_arn("web")).unwrap()[0];
+    assert_eq!(
+        (t.id.as_str(), t.port, t.address.as_str()),
+        ("i1", 49160, "10.0.0.9")
+    );
+    assert!(changes.contains(&Change::Elb), "{changes:?}");
+    // the same address again writes no target
+    let changes = {
+        let mut st = Staged::new(&s);
+        let cmd = Command::RegisterContainerInstance {
+            ctx: ctx(),
+            hello: hello("i1", "10.0.0.9"),
+            at: 401.0,
+        };
+        crate::command::apply(&mut st, &cmd).unwrap();
+        st.changes
+    };
+    assert!(!changes.contains(&Change::Elb), "{changes:?}");
+}

@@ -385,6 +385,9 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
         custom_attributes: custom,
     };
     put_instance(st, cluster, &rec)?;
+    if existing.as_ref().is_some_and(|e| e.host_ip != rec.host_ip) {
+        crate::elb::instance_address_changed(st, id, &rec.host_ip)?;
+    }
     let rec = decorated_instance(st, cluster, rec)?;
     Ok(Response::ContainerInstance {
         container_instance: Box::new(rec.instance),
