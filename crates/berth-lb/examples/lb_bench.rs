@@ -71,6 +71,7 @@ async fn main() {
                     port: be_port,
                     addr,
                     draining: false,
+                    registration: 0,
                 }],
             },
         )]),

@@ -29,6 +29,7 @@ pub(crate) const ROUTE_UNHEALTHY: u8 = 2;
 pub struct TargetState {
     pub key: TargetKey,
     pub addr: SocketAddr,
+    pub registration: u64,
     pub(crate) draining: AtomicBool,
     pub(crate) route: AtomicU8,
     pub(crate) in_flight: AtomicUsize,
@@ -53,10 +54,16 @@ impl std::fmt::Debug for TargetState {
 }
 
 impl TargetState {
-    pub(crate) fn new(key: TargetKey, addr: SocketAddr, route: u8) -> Arc<TargetState> {
+    pub(crate) fn new(
+        key: TargetKey,
+        addr: SocketAddr,
+        registration: u64,
+        route: u8,
+    ) -> Arc<TargetState> {
         Arc::new(TargetState {
             key,
             addr,
+            registration,
             draining: AtomicBool::new(false),
             route: AtomicU8::new(route),
             in_flight: AtomicUsize::new(0),
@@ -395,6 +402,7 @@ mod tests {
         TargetState::new(
             ("tg".into(), format!("t{n}"), n),
             SocketAddr::from(([127, 0, 0, 1], n)),
+            0,
             ROUTE_HEALTHY,
         )
     }

@@ -61,6 +61,9 @@ pub struct TargetConfig {
     pub addr: SocketAddr,
     /// Deregistered: no new requests; requests in flight finish.
     pub draining: bool,
+    /// Tells registrations apart: a target registered again under the same key (a new
+    /// task on a reused host port) is a new target, with fresh health and counters.
+    pub registration: u64,
 }
 
 /// The identity of a target inside a target group: (target group ARN, id, port).
@@ -227,14 +230,14 @@ impl Lb {
                     continue;
                 }
                 let state = match st.targets.get(&key) {
-                    Some(s) if s.addr == t.addr => s.clone(),
+                    Some(s) if s.addr == t.addr && s.registration == t.registration => s.clone(),
                     _ => {
                         let route = if self.opts.health_checks {
                             balancer::ROUTE_INITIAL
                         } else {
                             ROUTE_HEALTHY
                         };
-                        TargetState::new(key.clone(), t.addr, route)
+                        TargetState::new(key.clone(), t.addr, t.registration, route)
                     }
                 };
                 let was_draining = state.draining.swap(t.draining, Ordering::SeqCst);

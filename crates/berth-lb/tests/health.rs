@@ -117,6 +117,7 @@ fn cfg(group: TargetGroup, targets: &[(SocketAddr, bool)]) -> RoutingConfig {
                         port: a.port(),
                         addr: *a,
                         draining: *d,
+                        registration: 0,
                     })
                     .collect(),
             },
@@ -266,4 +267,36 @@ async fn probe_times_out_on_a_silent_target() {
     let t0 = Instant::now();
     assert_eq!(probe(&spec).await, Outcome::Timeout);
     assert_eq!((Instant::now() - t0).as_secs(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_registered_again_under_the_same_key_starts_over() {
+    let t = target().await;
+    let lb = Lb::new(opts());
+    let mut rx = lb.health();
+    let key: TargetKey = (TG.into(), "i-1".into(), t.addr.port());
+    let with_registration = |registration: u64| {
+        let mut c = cfg(tg(10, 3, 2, "/health"), &[(t.addr, false)]);
+        for g in c.target_groups.values_mut() {
+            for x in &mut g.targets {
+                x.registration = registration;
+            }
+        }
+        c
+    };
+    lb.apply(with_registration(1)).await;
+    wait_health(&mut rx, &key, |h| h.state == "healthy").await;
+    // The same key and address, another registration (a new task on a reused port):
+    // not the old target's verdict, a fresh check.
+    lb.apply(with_registration(2)).await;
+    assert_eq!(
+        rx.borrow()[&key].state,
+        "initial",
+        "{:?}",
+        rx.borrow()[&key]
+    );
+    let t1 = Instant::now();
+    let (_, at) = wait_health(&mut rx, &key, |h| h.state == "healthy").await;
+    let secs = (at - t1).as_secs_f64();
+    assert!((19.0..21.0).contains(&secs), "healthy again after {secs}s");
 }

@@ -122,6 +122,7 @@ fn group(
                 port: a.port(),
                 addr: *a,
                 draining: *draining,
+                registration: 0,
             })
             .collect(),
     }

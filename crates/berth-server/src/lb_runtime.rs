@@ -142,6 +142,7 @@ pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
             port: t.port,
             addr: SocketAddr::new(ip, t.port),
             draining: t.draining(),
+            registration: t.registered_at.to_bits(),
         });
     }
     RoutingConfig {

@@ -355,6 +355,7 @@ fn routing(port: u16, targets: &[(String, SocketAddr)], hc: HealthParams) -> Rou
             port: addr.port(),
             addr: *addr,
             draining: false,
+            registration: 0,
         })
         .collect();
     RoutingConfig {
