@@ -82,6 +82,118 @@ pub struct LoadBalancer {
     pub ip_address_type: String,
 }
 
+/// ALB's default for `idle_timeout.timeout_seconds`.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 60;
+
+/// Every attribute of an application load balancer with ALB's defaults, in the order
+/// DescribeLoadBalancerAttributes lists them.
+pub fn default_load_balancer_attributes() -> Vec<Attribute> {
+    [
+        ("idle_timeout.timeout_seconds", "60"),
+        ("deletion_protection.enabled", "false"),
+        ("routing.http2.enabled", "true"),
+        ("routing.http.drop_invalid_header_fields.enabled", "false"),
+        (
+            "routing.http.x_amzn_tls_version_and_cipher_suite.enabled",
+            "false",
+        ),
+        ("routing.http.xff_client_port.enabled", "false"),
+        ("routing.http.xff_header_processing.mode", "append"),
+        ("routing.http.preserve_host_header.enabled", "false"),
+        ("routing.http.desync_mitigation_mode", "defensive"),
+        ("waf.fail_open.enabled", "false"),
+        ("access_logs.s3.enabled", "false"),
+        ("access_logs.s3.bucket", ""),
+        ("access_logs.s3.prefix", ""),
+        ("client_keep_alive.seconds", "3600"),
+        ("connection_logs.s3.enabled", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| Attribute {
+        key: k.into(),
+        value: v.into(),
+    })
+    .collect()
+}
+
+/// A load balancer as stored: the wire shape plus its attributes. The load balancer's
+/// members are flattened into the record, so records written before load balancers had
+/// attributes (a bare `LoadBalancer`) still read, with no attributes: readers call
+/// [`LoadBalancerRecord::fill_defaults`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerRecord {
+    #[serde(flatten)]
+    pub load_balancer: LoadBalancer,
+    /// Every attribute with its current value.
+    #[serde(default)]
+    pub attributes: Vec<Attribute>,
+}
+
+impl LoadBalancerRecord {
+    /// A new load balancer with every attribute at ALB's default.
+    pub fn new(load_balancer: LoadBalancer) -> Self {
+        LoadBalancerRecord {
+            load_balancer,
+            attributes: default_load_balancer_attributes(),
+        }
+    }
+
+    /// Adds the default of every attribute the record lacks (records stored before
+    /// load balancers had attributes, or before an attribute was known).
+    pub fn fill_defaults(&mut self) {
+        for d in default_load_balancer_attributes() {
+            if !self.attributes.iter().any(|a| a.key == d.key) {
+                self.attributes.push(d);
+            }
+        }
+    }
+
+    pub fn settings(&self) -> LoadBalancerSettings {
+        LoadBalancerSettings::from_attributes(&self.attributes)
+    }
+}
+
+/// The load balancer attributes berth acts on, parsed from the stored key/value list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadBalancerSettings {
+    /// Client connections of the load balancer's listeners idle this long are closed.
+    pub idle_timeout_secs: u32,
+    /// DeleteLoadBalancer is refused while set.
+    pub deletion_protection: bool,
+}
+
+impl Default for LoadBalancerSettings {
+    fn default() -> Self {
+        LoadBalancerSettings {
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            deletion_protection: false,
+        }
+    }
+}
+
+impl LoadBalancerSettings {
+    /// Reads the attributes berth understands; unparsable ones keep defaults (the API
+    /// validates values before they are stored).
+    pub fn from_attributes(attrs: &[Attribute]) -> Self {
+        let mut s = LoadBalancerSettings::default();
+        for a in attrs {
+            match a.key.as_str() {
+                "idle_timeout.timeout_seconds" => {
+                    if let Ok(v) = a.value.parse::<u32>() {
+                        if v > 0 {
+                            s.idle_timeout_secs = v;
+                        }
+                    }
+                }
+                "deletion_protection.enabled" => s.deletion_protection = a.value == "true",
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Matcher {
@@ -131,6 +243,19 @@ pub struct TargetGroup {
 pub struct Attribute {
     pub key: String,
     pub value: String,
+}
+
+/// Merges `changes` into `current` by key (order of `current` kept, new keys
+/// appended): how ModifyTargetGroupAttributes and ModifyLoadBalancerAttributes apply.
+pub fn merge_attributes(current: &[Attribute], changes: &[Attribute]) -> Vec<Attribute> {
+    let mut out = current.to_vec();
+    for c in changes {
+        match out.iter_mut().find(|a| a.key == c.key) {
+            Some(a) => a.value = c.value.clone(),
+            None => out.push(c.clone()),
+        }
+    }
+    out
 }
 
 /// The target group attributes berth acts on, parsed from the stored key/value list.
@@ -558,4 +683,65 @@ pub struct TargetHealthUpdate {
     pub id: String,
     pub port: u16,
     pub health: TargetHealth,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb() -> LoadBalancer {
+        LoadBalancer {
+            load_balancer_arn: load_balancer_arn("r", "1", "web", "abc"),
+            load_balancer_name: "web".into(),
+            scheme: "internet-facing".into(),
+            lb_type: "application".into(),
+            ip_address_type: "ipv4".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_load_balancer_stored_before_attributes_reads_with_the_defaults() {
+        let old = serde_json::to_vec(&lb()).unwrap();
+        let mut rec: LoadBalancerRecord = serde_json::from_slice(&old).unwrap();
+        assert_eq!(rec.load_balancer, lb());
+        assert!(rec.attributes.is_empty());
+        rec.fill_defaults();
+        assert_eq!(rec.attributes, default_load_balancer_attributes());
+        assert_eq!(rec.settings(), LoadBalancerSettings::default());
+    }
+
+    #[test]
+    fn a_record_round_trips_and_still_reads_as_a_load_balancer() {
+        let mut rec = LoadBalancerRecord::new(lb());
+        rec.attributes = merge_attributes(
+            &rec.attributes,
+            &[
+                Attribute {
+                    key: "idle_timeout.timeout_seconds".into(),
+                    value: "5".into(),
+                },
+                Attribute {
+                    key: "deletion_protection.enabled".into(),
+                    value: "true".into(),
+                },
+            ],
+        );
+        let bytes = serde_json::to_vec(&rec).unwrap();
+        let back: LoadBalancerRecord = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, rec);
+        let bare: LoadBalancer = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(bare, lb());
+        assert_eq!(
+            back.settings(),
+            LoadBalancerSettings {
+                idle_timeout_secs: 5,
+                deletion_protection: true
+            }
+        );
+        assert_eq!(
+            back.attributes.len(),
+            default_load_balancer_attributes().len()
+        );
+    }
 }

@@ -106,6 +106,8 @@ async fn dispatch(ctx: &Ctx, action: &str, p: &Params<'_>) -> R<Value> {
         "CreateLoadBalancer" => create_load_balancer(ctx, p).await,
         "DescribeLoadBalancers" => describe_load_balancers(ctx, p),
         "DeleteLoadBalancer" => delete_load_balancer(ctx, p).await,
+        "DescribeLoadBalancerAttributes" => describe_load_balancer_attributes(ctx, p),
+        "ModifyLoadBalancerAttributes" => modify_load_balancer_attributes(ctx, p).await,
         "CreateTargetGroup" => create_target_group(ctx, p).await,
         "DescribeTargetGroups" => describe_target_groups(ctx, p),
         "ModifyTargetGroup" => modify_target_group(ctx, p).await,
@@ -520,6 +522,35 @@ async fn delete_load_balancer(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     .await
 }
 
+fn describe_load_balancer_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
+    let arn = p.req_str("LoadBalancerArn")?;
+    let rec = ctx
+        .node
+        .reader
+        .elb_load_balancer_record(arn)
+        .map_err(store_err)?
+        .ok_or_else(|| not_found(ErrorKind::LoadBalancerNotFound))?;
+    Ok(json!({ "Attributes": to_json(&rec.attributes)? }))
+}
+
+/// Checks every attribute first (a refused request changes nothing), then merges them
+/// through Raft; answers with every attribute, as ALB does.
+async fn modify_load_balancer_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
+    let arn = p.req_str("LoadBalancerArn")?;
+    load_balancer(ctx, arn)?;
+    let attributes = v::load_balancer_attributes(p)?;
+    let cmd = Command::ModifyLoadBalancerAttributes {
+        arn: arn.to_string(),
+        attributes,
+    };
+    match propose(ctx, cmd).await? {
+        StoreResponse::LoadBalancerAttributes { attributes } => {
+            Ok(json!({ "Attributes": to_json(&attributes)? }))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 // ---------------------------------------------------------------- target groups
 
 async fn create_target_group(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
@@ -623,7 +654,7 @@ async fn modify_target_group_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     };
     let attributes = match propose(ctx, cmd).await? {
         StoreResponse::TargetGroup { record } => record.attributes,
-        StoreResponse::Ok => v::merge_attributes(&current.attributes, &changes),
+        StoreResponse::Ok => model::merge_attributes(&current.attributes, &changes),
         other => return Err(unexpected(other)),
     };
     Ok(json!({ "Attributes": to_json(&attributes)? }))

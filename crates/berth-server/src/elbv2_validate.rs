@@ -421,9 +421,9 @@ fn attr_one_of(key: &str, value: &str, allowed: &[&str]) -> R<()> {
     }
 }
 
-/// `Attributes.member.N.Key/Value` of ModifyTargetGroupAttributes: every key known
-/// and every value in range (§10.2). Later duplicates of a key win, as ALB does.
-pub fn target_group_attributes(p: &Params<'_>) -> R<Vec<Attribute>> {
+/// `Attributes.member.N.Key/Value`, each pair passed to `check` (which refuses unknown
+/// keys and bad values). Later duplicates of a key win, as ALB does.
+fn attributes(p: &Params<'_>, check: impl Fn(&str, &str) -> R<()>) -> R<Vec<Attribute>> {
     let items = p.struct_list("Attributes")?.unwrap_or_default();
     if items.is_empty() {
         return Err(invalid("At least one attribute must be specified"));
@@ -433,6 +433,24 @@ pub fn target_group_attributes(p: &Params<'_>) -> R<Vec<Attribute>> {
         let a = item.params();
         let key = a.req_str("Key")?;
         let value = a.str("Value")?.unwrap_or("");
+        check(key, value)?;
+        out.retain(|x| x.key != key);
+        out.push(Attribute {
+            key: key.to_string(),
+            value: value.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// `Attributes.member.N.Key/Value` of ModifyTargetGroupAttributes: every key known
+/// and every value in range (§10.2).
+pub fn target_group_attributes(p: &Params<'_>) -> R<Vec<Attribute>> {
+    attributes(p, target_group_attribute)
+}
+
+fn target_group_attribute(key: &str, value: &str) -> R<()> {
+    {
         match key {
             "deregistration_delay.timeout_seconds" => {
                 attr_int(key, value, |n| (0..=3600).contains(&n), "between 0 and 3600 seconds")?
@@ -509,25 +527,63 @@ pub fn target_group_attributes(p: &Params<'_>) -> R<Vec<Attribute>> {
                 )))
             }
         }
-        out.retain(|x| x.key != key);
-        out.push(Attribute {
-            key: key.to_string(),
-            value: value.to_string(),
-        });
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Merges `changes` into `current` by key (order of `current` kept, new keys appended).
-pub fn merge_attributes(current: &[Attribute], changes: &[Attribute]) -> Vec<Attribute> {
-    let mut out = current.to_vec();
-    for c in changes {
-        match out.iter_mut().find(|a| a.key == c.key) {
-            Some(a) => a.value = c.value.clone(),
-            None => out.push(c.clone()),
+/// `Attributes.member.N.Key/Value` of ModifyLoadBalancerAttributes: every key one of an
+/// application load balancer's, every value in range. Logs to S3 are refused: berth is
+/// self-hosted and has no S3 to write them to. (Terraform drops a key whose refusal
+/// says "attribute key '…' is not recognized" and tries again without it.)
+pub fn load_balancer_attributes(p: &Params<'_>) -> R<Vec<Attribute>> {
+    attributes(p, load_balancer_attribute)
+}
+
+fn load_balancer_attribute(key: &str, value: &str) -> R<()> {
+    match key {
+        "idle_timeout.timeout_seconds" => attr_int(
+            key,
+            value,
+            |n| (1..=4000).contains(&n),
+            "between 1 and 4000 seconds",
+        ),
+        "client_keep_alive.seconds" => attr_int(
+            key,
+            value,
+            |n| (60..=604_800).contains(&n),
+            "between 60 and 604800 seconds",
+        ),
+        "access_logs.s3.enabled" | "connection_logs.s3.enabled" => {
+            attr_one_of(key, value, &["true", "false"])?;
+            if value == "true" {
+                let what = key.split('.').next().unwrap_or(key).replace('_', " ");
+                return Err(ElbError::kind(
+                    ErrorKind::InvalidConfigurationRequest,
+                    format!(
+                        "Attribute '{key}' cannot be 'true': berth is self-hosted and has no S3 to write {what} to"
+                    ),
+                ));
+            }
+            Ok(())
         }
+        "deletion_protection.enabled"
+        | "routing.http2.enabled"
+        | "routing.http.drop_invalid_header_fields.enabled"
+        | "routing.http.x_amzn_tls_version_and_cipher_suite.enabled"
+        | "routing.http.xff_client_port.enabled"
+        | "routing.http.preserve_host_header.enabled"
+        | "waf.fail_open.enabled" => attr_one_of(key, value, &["true", "false"]),
+        "routing.http.xff_header_processing.mode" => {
+            attr_one_of(key, value, &["append", "preserve", "remove"])
+        }
+        "routing.http.desync_mitigation_mode" => {
+            attr_one_of(key, value, &["monitor", "defensive", "strictest"])
+        }
+        "access_logs.s3.bucket" | "access_logs.s3.prefix" => Ok(()),
+        other => Err(invalid(format!(
+            "Load balancer attribute key '{other}' is not recognized"
+        ))),
     }
-    out
 }
 
 // ---------------------------------------------------------------- targets
@@ -1227,7 +1283,7 @@ mod tests {
         let t = tree("Attributes.member.1.Key=deregistration_delay.timeout_seconds&Attributes.member.1.Value=30&Attributes.member.2.Key=load_balancing.algorithm.type&Attributes.member.2.Value=least_outstanding_requests");
         let a = target_group_attributes(&Params::new(&t)).unwrap();
         assert_eq!(a.len(), 2);
-        let merged = merge_attributes(&default_attributes(), &a);
+        let merged = berth_model::elb::merge_attributes(&default_attributes(), &a);
         assert_eq!(merged.len(), default_attributes().len());
         let s = berth_model::elb::TargetGroupSettings::from_attributes(&merged);
         assert_eq!(s.deregistration_delay_secs, 30);
@@ -1261,6 +1317,74 @@ mod tests {
                 "Attributes.member.1.Key={k}&Attributes.member.1.Value={v}"
             ));
             target_group_attributes(&Params::new(&t)).unwrap();
+        }
+    }
+
+    #[test]
+    fn load_balancer_attributes_are_checked() {
+        let t = tree("Attributes.member.1.Key=idle_timeout.timeout_seconds&Attributes.member.1.Value=5&Attributes.member.2.Key=deletion_protection.enabled&Attributes.member.2.Value=true&Attributes.member.3.Key=idle_timeout.timeout_seconds&Attributes.member.3.Value=7");
+        let a = load_balancer_attributes(&Params::new(&t)).unwrap();
+        assert_eq!(a.len(), 2, "the later duplicate wins: {a:?}");
+        let s = berth_model::elb::LoadBalancerSettings::from_attributes(&a);
+        assert_eq!(s.idle_timeout_secs, 7);
+        assert!(s.deletion_protection);
+        for (k, v, code) in [
+            ("no.such.key", "1", "ValidationError"),
+            ("idle_timeout.timeout_seconds", "0", "ValidationError"),
+            ("idle_timeout.timeout_seconds", "4001", "ValidationError"),
+            ("idle_timeout.timeout_seconds", "ten", "ValidationError"),
+            ("client_keep_alive.seconds", "59", "ValidationError"),
+            ("client_keep_alive.seconds", "604801", "ValidationError"),
+            ("routing.http2.enabled", "yes", "ValidationError"),
+            (
+                "routing.http.xff_header_processing.mode",
+                "drop",
+                "ValidationError",
+            ),
+            (
+                "routing.http.desync_mitigation_mode",
+                "lax",
+                "ValidationError",
+            ),
+            ("access_logs.s3.enabled", "maybe", "ValidationError"),
+            (
+                "access_logs.s3.enabled",
+                "true",
+                "InvalidConfigurationRequest",
+            ),
+            (
+                "connection_logs.s3.enabled",
+                "true",
+                "InvalidConfigurationRequest",
+            ),
+        ] {
+            let t = tree(&format!(
+                "Attributes.member.1.Key={k}&Attributes.member.1.Value={v}"
+            ));
+            let e = load_balancer_attributes(&Params::new(&t)).unwrap_err();
+            assert_eq!(e.code, code, "{k}={v}: {e:?}");
+            assert!(e.message.contains(k), "{k}={v}: {}", e.message);
+            if code == "ValidationError" && k != "no.such.key" {
+                assert!(
+                    e.message.contains(&format!("'{v}'")),
+                    "{k}={v}: {}",
+                    e.message
+                );
+            }
+        }
+        for (k, v) in [
+            ("idle_timeout.timeout_seconds", "1"),
+            ("idle_timeout.timeout_seconds", "4000"),
+            ("client_keep_alive.seconds", "60"),
+            ("routing.http.xff_header_processing.mode", "remove"),
+            ("routing.http.desync_mitigation_mode", "strictest"),
+            ("access_logs.s3.enabled", "false"),
+            ("access_logs.s3.bucket", "logs"),
+        ] {
+            let t = tree(&format!(
+                "Attributes.member.1.Key={k}&Attributes.member.1.Value={v}"
+            ));
+            load_balancer_attributes(&Params::new(&t)).unwrap();
         }
     }
 

@@ -266,8 +266,16 @@ pub enum Command {
         tags: Vec<Tag>,
     },
     /// Deletes a load balancer with its listeners and their rules (unknown ARN: Ok).
+    /// Refused (`OperationNotPermitted`) while its deletion protection is enabled.
     #[serde(rename_all = "camelCase")]
     DeleteLoadBalancer { arn: String },
+    /// Merges load balancer attributes by key (validated by the API); answers with
+    /// every attribute.
+    #[serde(rename_all = "camelCase")]
+    ModifyLoadBalancerAttributes {
+        arn: String,
+        attributes: Vec<ElbAttribute>,
+    },
     #[serde(rename_all = "camelCase")]
     CreateTargetGroup {
         record: TargetGroupRecord,
@@ -408,6 +416,7 @@ impl Command {
             Command::CreateTargetGroup { .. } => "CreateTargetGroup",
             Command::ModifyTargetGroup { .. } => "ModifyTargetGroup",
             Command::ModifyTargetGroupAttributes { .. } => "ModifyTargetGroupAttributes",
+            Command::ModifyLoadBalancerAttributes { .. } => "ModifyLoadBalancerAttributes",
             Command::DeleteTargetGroup { .. } => "DeleteTargetGroup",
             Command::CreateListener { .. } => "CreateListener",
             Command::ModifyListener { .. } => "ModifyListener",
@@ -480,6 +489,10 @@ pub enum Response {
     #[serde(rename_all = "camelCase")]
     LoadBalancer {
         load_balancer: Box<LoadBalancer>,
+    },
+    /// Every attribute of a load balancer.
+    LoadBalancerAttributes {
+        attributes: Vec<ElbAttribute>,
     },
     /// A target group with its attributes (`LoadBalancerArns` filled in).
     TargetGroup {
@@ -1018,6 +1031,7 @@ pub fn apply<R: KvRead + ?Sized>(
         | Command::CreateTargetGroup { .. }
         | Command::ModifyTargetGroup { .. }
         | Command::ModifyTargetGroupAttributes { .. }
+        | Command::ModifyLoadBalancerAttributes { .. }
         | Command::DeleteTargetGroup { .. }
         | Command::CreateListener { .. }
         | Command::ModifyListener { .. }

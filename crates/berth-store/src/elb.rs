@@ -6,7 +6,8 @@
 //! either writes the whole command or nothing.
 //!
 //! Keys (all under `elb\0`):
-//! * `elb\0lb\0{arn}` → [`LoadBalancer`]
+//! * `elb\0lb\0{arn}` → [`LoadBalancerRecord`] (records from before attributes are a bare
+//!   `LoadBalancer`; their attributes read as ALB's defaults)
 //! * `elb\0tg\0{arn}` → [`TargetGroupRecord`] (`LoadBalancerArns` is derived on read)
 //! * `elb\0ls\0{arn}` → [`Listener`]
 //! * `elb\0ru\0{arn}` → [`RuleRecord`] (every listener has one default rule)
@@ -20,9 +21,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_model::elb::{
-    Action, Attribute as ElbAttribute, DrainIdle, Listener, LoadBalancer, Rule, RuleCondition,
-    RuleRecord, TargetDescription, TargetGroupPatch, TargetGroupRecord, TargetHealth,
-    TargetHealthUpdate, TargetRecord, TargetTask,
+    merge_attributes, Action, Attribute as ElbAttribute, DrainIdle, Listener, LoadBalancer,
+    LoadBalancerRecord, Rule, RuleCondition, RuleRecord, TargetDescription, TargetGroupPatch,
+    TargetGroupRecord, TargetHealth, TargetHealthUpdate, TargetRecord, TargetTask,
 };
 use berth_model::{ApiError, ErrorKind, Tag, TaskRecord};
 use serde::{Deserialize, Serialize};
@@ -179,13 +180,39 @@ pub fn load_balancer<R: KvRead + ?Sized>(
     kv: &R,
     arn: &str,
 ) -> Result<Option<LoadBalancer>, StoreError> {
-    get_json(kv, &key(LB, arn))
+    Ok(load_balancer_record(kv, arn)?.map(|r| r.load_balancer))
 }
 
 /// Every load balancer, by name.
 pub fn load_balancers<R: KvRead + ?Sized>(kv: &R) -> Result<Vec<LoadBalancer>, StoreError> {
-    let mut v: Vec<LoadBalancer> = scan_json(kv, LB)?;
+    Ok(load_balancer_records(kv)?
+        .into_iter()
+        .map(|r| r.load_balancer)
+        .collect())
+}
+
+/// A load balancer with every attribute (defaults for those its record lacks).
+pub fn load_balancer_record<R: KvRead + ?Sized>(
+    kv: &R,
+    arn: &str,
+) -> Result<Option<LoadBalancerRecord>, StoreError> {
+    let mut rec: Option<LoadBalancerRecord> = get_json(kv, &key(LB, arn))?;
+    if let Some(r) = &mut rec {
+        r.fill_defaults();
+    }
+    Ok(rec)
+}
+
+/// Every load balancer with its attributes, by name.
+pub fn load_balancer_records<R: KvRead + ?Sized>(
+    kv: &R,
+) -> Result<Vec<LoadBalancerRecord>, StoreError> {
+    let mut v: Vec<LoadBalancerRecord> = scan_json(kv, LB)?;
+    for r in &mut v {
+        r.fill_defaults();
+    }
     v.sort_by(|a, b| {
+        let (a, b) = (&a.load_balancer, &b.load_balancer);
         (&a.load_balancer_name, &a.load_balancer_arn)
             .cmp(&(&b.load_balancer_name, &b.load_balancer_arn))
     });
@@ -617,8 +644,16 @@ pub(crate) fn apply<R: KvRead + ?Sized>(
             tags,
         } => create_load_balancer(st, load_balancer, tags),
         Command::DeleteLoadBalancer { arn } => {
-            if load_balancer(st, arn)?.is_none() {
+            let Some(rec) = load_balancer_record(st, arn)? else {
                 return Ok(Response::Ok);
+            };
+            if rec.settings().deletion_protection {
+                return Ok(e(
+                    ErrorKind::OperationNotPermitted,
+                    format!(
+                        "Load balancer '{arn}' cannot be deleted because deletion protection is enabled"
+                    ),
+                ));
             }
             for l in listeners(st, Some(arn))? {
                 delete_listener_record(st, &l.listener_arn)?;
@@ -627,6 +662,17 @@ pub(crate) fn apply<R: KvRead + ?Sized>(
             drop_tags(st, arn)?;
             touched(st);
             Ok(Response::Ok)
+        }
+        Command::ModifyLoadBalancerAttributes { arn, attributes } => {
+            let Some(mut rec) = load_balancer_record(st, arn)? else {
+                return Ok(lb_not_found(arn));
+            };
+            rec.attributes = merge_attributes(&rec.attributes, attributes);
+            st.put_json(key(LB, arn), &rec)?;
+            touched(st);
+            Ok(Response::LoadBalancerAttributes {
+                attributes: rec.attributes,
+            })
         }
         Command::CreateTargetGroup { record, tags } => create_target_group(st, record, tags),
         Command::ModifyTargetGroup { arn, patch } => modify_target_group(st, arn, patch),
@@ -833,7 +879,10 @@ fn create_load_balancer<R: KvRead + ?Sized>(
             lb.load_balancer_arn
         ))));
     }
-    st.put_json(key(LB, &lb.load_balancer_arn), lb)?;
+    st.put_json(
+        key(LB, &lb.load_balancer_arn),
+        &LoadBalancerRecord::new(lb.clone()),
+    )?;
     if !tags.is_empty() {
         put_tags(st, &lb.load_balancer_arn, tags)?;
     }
@@ -933,12 +982,7 @@ fn modify_target_group_attributes<R: KvRead + ?Sized>(
     let Some(mut rec) = target_group_raw(st, arn)? else {
         return Ok(tg_not_found(arn));
     };
-    for a in attributes {
-        match rec.attributes.iter_mut().find(|b| b.key == a.key) {
-            Some(b) => b.value = a.value.clone(),
-            None => rec.attributes.push(a.clone()),
-        }
-    }
+    rec.attributes = merge_attributes(&rec.attributes, attributes);
     st.put_json(key(TG, arn), &rec)?;
     touched(st);
     answer_tg(st, rec)

@@ -467,6 +467,184 @@ fn delete_load_balancer_takes_its_listeners_and_rules_and_is_idempotent() {
     ));
 }
 
+fn lb_attr(s: &Map, name: &str, k: &str) -> String {
+    load_balancer_record(s, &lb_arn(name))
+        .unwrap()
+        .unwrap()
+        .attributes
+        .into_iter()
+        .find(|a| a.key == k)
+        .map(|a| a.value)
+        .unwrap_or_else(|| panic!("no attribute {k}"))
+}
+
+fn set_lb_attrs(name: &str, attrs: &[(&str, &str)]) -> Command {
+    Command::ModifyLoadBalancerAttributes {
+        arn: lb_arn(name),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| ElbAttribute {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_new_load_balancer_has_albs_default_attributes() {
+    let mut s = Map::new();
+    create_lb(&mut s, "a");
+    let rec = load_balancer_record(&s, &lb_arn("a")).unwrap().unwrap();
+    assert_eq!(rec.load_balancer, lb("a"));
+    assert_eq!(rec.attributes, elb::default_load_balancer_attributes());
+    assert_eq!(lb_attr(&s, "a", "idle_timeout.timeout_seconds"), "60");
+    assert_eq!(lb_attr(&s, "a", "deletion_protection.enabled"), "false");
+    assert_eq!(
+        lb_attr(&s, "a", "routing.http.desync_mitigation_mode"),
+        "defensive"
+    );
+    // Load balancers still read as the wire shape.
+    assert_eq!(load_balancers(&s).unwrap(), vec![lb("a")]);
+    assert_eq!(load_balancer_records(&s).unwrap(), vec![rec]);
+}
+
+#[test]
+fn a_load_balancer_stored_before_attributes_reads_with_the_defaults() {
+    let mut s = Map::new();
+    // What a server from before load balancer attributes wrote: the bare wire shape.
+    s.insert(
+        key(LB, &lb_arn("old")),
+        serde_json::to_vec(&lb("old")).unwrap(),
+    );
+    let rec = load_balancer_record(&s, &lb_arn("old")).unwrap().unwrap();
+    assert_eq!(rec.load_balancer, lb("old"));
+    assert_eq!(rec.attributes, elb::default_load_balancer_attributes());
+    assert_eq!(load_balancer(&s, &lb_arn("old")).unwrap(), Some(lb("old")));
+    // Modifying it stores every attribute, the change merged in.
+    let r = run(
+        &mut s,
+        set_lb_attrs("old", &[("idle_timeout.timeout_seconds", "5")]),
+    );
+    let Response::LoadBalancerAttributes { attributes } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        attributes.len(),
+        elb::default_load_balancer_attributes().len()
+    );
+    assert_eq!(lb_attr(&s, "old", "idle_timeout.timeout_seconds"), "5");
+    // Deleting it works as before.
+    ok(run(
+        &mut s,
+        Command::DeleteLoadBalancer { arn: lb_arn("old") },
+    ));
+    assert!(load_balancers(&s).unwrap().is_empty());
+}
+
+#[test]
+fn load_balancer_attributes_merge_by_key() {
+    let mut s = Map::new();
+    create_lb(&mut s, "a");
+    create_lb(&mut s, "b");
+    let r = run(
+        &mut s,
+        set_lb_attrs(
+            "a",
+            &[
+                ("idle_timeout.timeout_seconds", "5"),
+                ("routing.http2.enabled", "false"),
+            ],
+        ),
+    );
+    let Response::LoadBalancerAttributes { attributes } = r else {
+        panic!("{r:?}")
+    };
+    let mut want = elb::default_load_balancer_attributes();
+    for a in &mut want {
+        match a.key.as_str() {
+            "idle_timeout.timeout_seconds" => a.value = "5".into(),
+            "routing.http2.enabled" => a.value = "false".into(),
+            _ => {}
+        }
+    }
+    assert_eq!(attributes, want, "every attribute, in the same order");
+    ok_attrs(run(
+        &mut s,
+        set_lb_attrs("a", &[("idle_timeout.timeout_seconds", "7")]),
+    ));
+    assert_eq!(lb_attr(&s, "a", "idle_timeout.timeout_seconds"), "7");
+    assert_eq!(lb_attr(&s, "a", "routing.http2.enabled"), "false");
+    let rec = load_balancer_record(&s, &lb_arn("a")).unwrap().unwrap();
+    assert_eq!(rec.settings().idle_timeout_secs, 7);
+    // The other load balancer keeps its own.
+    assert_eq!(lb_attr(&s, "b", "idle_timeout.timeout_seconds"), "60");
+    // An unknown load balancer: refused, nothing written.
+    let m = refused(
+        &mut s,
+        set_lb_attrs("nope", &[("idle_timeout.timeout_seconds", "5")]),
+        ErrorKind::LoadBalancerNotFound,
+    );
+    assert!(m.contains(&lb_arn("nope")), "{m}");
+}
+
+fn ok_attrs(r: Response) {
+    assert!(
+        matches!(r, Response::LoadBalancerAttributes { .. }),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn deletion_protection_refuses_delete_until_it_is_turned_off() {
+    let mut s = Map::new();
+    create_lb(&mut s, "a");
+    create_tg(&mut s, "web", "instance");
+    ok(run(&mut s, listener_cmd("a", 80, vec![forward("web")])));
+    ok_attrs(run(
+        &mut s,
+        set_lb_attrs("a", &[("deletion_protection.enabled", "true")]),
+    ));
+    let m = refused(
+        &mut s,
+        Command::DeleteLoadBalancer { arn: lb_arn("a") },
+        ErrorKind::OperationNotPermitted,
+    );
+    assert_eq!(
+        m,
+        format!(
+            "Load balancer '{}' cannot be deleted because deletion protection is enabled",
+            lb_arn("a")
+        )
+    );
+    // Everything is still there: the load balancer, its listener and its rule.
+    assert_eq!(load_balancers(&s).unwrap().len(), 1);
+    assert_eq!(listeners(&s, None).unwrap().len(), 1);
+    assert_eq!(all_rules(&s).unwrap().len(), 1);
+    ok_attrs(run(
+        &mut s,
+        set_lb_attrs("a", &[("deletion_protection.enabled", "false")]),
+    ));
+    ok(run(
+        &mut s,
+        Command::DeleteLoadBalancer { arn: lb_arn("a") },
+    ));
+    assert!(load_balancers(&s).unwrap().is_empty());
+    assert!(listeners(&s, None).unwrap().is_empty());
+}
+
+#[test]
+fn recreating_a_load_balancer_keeps_its_attributes() {
+    let mut s = Map::new();
+    create_lb(&mut s, "a");
+    ok_attrs(run(
+        &mut s,
+        set_lb_attrs("a", &[("idle_timeout.timeout_seconds", "9")]),
+    ));
+    create_lb(&mut s, "a");
+    assert_eq!(lb_attr(&s, "a", "idle_timeout.timeout_seconds"), "9");
+}
+
 // ------------------------------------------------------------------ target groups
 
 #[test]
@@ -1471,6 +1649,7 @@ fn elb_commands_round_trip_through_the_log_encoding() {
             priorities: vec![("x".into(), 3)],
         },
         Command::ElbSweep { at: 1.5 },
+        set_lb_attrs("a", &[("deletion_protection.enabled", "true")]),
         Command::ModifyTargetGroup {
             arn: "x".into(),
             patch: TargetGroupPatch {

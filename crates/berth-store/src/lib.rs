@@ -350,6 +350,19 @@ impl StateReader {
         elb::load_balancer(&self.sm, arn)
     }
 
+    /// A load balancer with its attributes (ALB's defaults for those not stored).
+    pub fn elb_load_balancer_record(
+        &self,
+        arn: &str,
+    ) -> Result<Option<elbm::LoadBalancerRecord>, StoreError> {
+        elb::load_balancer_record(&self.sm, arn)
+    }
+
+    /// Every load balancer with its attributes, by name.
+    pub fn elb_load_balancer_records(&self) -> Result<Vec<elbm::LoadBalancerRecord>, StoreError> {
+        elb::load_balancer_records(&self.sm)
+    }
+
     /// Every target group, by name, with `LoadBalancerArns` filled in.
     pub fn elb_target_groups(&self) -> Result<Vec<elbm::TargetGroupRecord>, StoreError> {
         elb::target_groups(&self.sm)
