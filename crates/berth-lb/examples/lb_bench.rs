@@ -61,6 +61,7 @@ async fn main() {
                 is_default: true,
                 conditions: vec![],
             }],
+            idle_timeout: None,
         }],
         target_groups: HashMap::from([(
             tg,

@@ -45,6 +45,10 @@ pub struct ListenerConfig {
     /// (`IsDefault`, priority "default", whose actions are the listener's
     /// `DefaultActions`). The proxy evaluates them lowest priority first, default last.
     pub rules: Vec<Rule>,
+    /// Client connections idle this long are closed (the listener's load balancer's
+    /// `idle_timeout.timeout_seconds`); `None`: [`LbOptions::idle_timeout`]. A change
+    /// applies to the open listener and its open connections, without closing them.
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -76,7 +80,8 @@ pub struct LbOptions {
     /// Run health checks (true for every node that routes traffic).
     pub health_checks: bool,
     /// ALB's `idle_timeout.timeout_seconds` (60 s): client and target connections idle
-    /// longer are closed.
+    /// longer are closed. A listener's own [`ListenerConfig::idle_timeout`] overrides
+    /// it for its client connections.
     pub idle_timeout: Duration,
     /// No response headers from the target within this → 504.
     pub request_timeout: Duration,
@@ -356,8 +361,10 @@ impl Lb {
         let mut errors = vec![];
         for l in &cfg.listeners {
             let table = ListenerTable::build(&l.rules, &groups);
+            let client_idle = l.idle_timeout.unwrap_or(self.opts.idle_timeout);
             if let Some(h) = st.listeners.get(&l.listener_arn) {
                 h.shared.swap(table);
+                h.shared.set_client_idle(client_idle);
                 continue;
             }
             match TcpListener::bind(SocketAddr::new(self.opts.bind, l.port)).await {
@@ -365,8 +372,12 @@ impl Lb {
                     let local = sock
                         .local_addr()
                         .unwrap_or(SocketAddr::new(self.opts.bind, l.port));
-                    let shared =
-                        Arc::new(ListenerShared::new(local.port(), table, self.timeouts()));
+                    let shared = Arc::new(ListenerShared::new(
+                        local.port(),
+                        table,
+                        self.timeouts(),
+                        client_idle,
+                    ));
                     let (stop, stop_rx) = watch::channel(false);
                     let accept = tokio::spawn(proxy::accept_loop(sock, shared.clone(), stop_rx));
                     tracing::info!(listener = %l.listener_arn, %local, "listener open");

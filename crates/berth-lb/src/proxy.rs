@@ -40,6 +40,8 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
+    /// Pooled target connections idle this long are not used again (node-wide); client
+    /// connections follow their listener's idle timeout ([`ListenerShared::client_idle`]).
     pub idle: Duration,
     pub request: Duration,
     pub connect: Duration,
@@ -53,19 +55,39 @@ pub(crate) struct ListenerShared {
     pub xf_port: HeaderValue,
     pub table: RwLock<Arc<ListenerTable>>,
     pub timeouts: Timeouts,
+    /// The idle timeout of the listener's client connections (its load balancer's
+    /// `idle_timeout.timeout_seconds`). A change reaches open connections too.
+    client_idle: watch::Sender<Duration>,
 }
 
 impl ListenerShared {
-    pub(crate) fn new(port: u16, table: ListenerTable, timeouts: Timeouts) -> ListenerShared {
+    pub(crate) fn new(
+        port: u16,
+        table: ListenerTable,
+        timeouts: Timeouts,
+        client_idle: Duration,
+    ) -> ListenerShared {
         ListenerShared {
             port,
             xf_port: HeaderValue::from(port),
             table: RwLock::new(Arc::new(table)),
             timeouts,
+            client_idle: watch::Sender::new(client_idle),
         }
     }
     pub(crate) fn swap(&self, table: ListenerTable) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+    /// Sets the client idle timeout; open connections are told only if it changed.
+    pub(crate) fn set_client_idle(&self, idle: Duration) {
+        self.client_idle.send_if_modified(|cur| {
+            let changed = *cur != idle;
+            *cur = idle;
+            changed
+        });
+    }
+    pub(crate) fn client_idle(&self) -> watch::Receiver<Duration> {
+        self.client_idle.subscribe()
     }
     fn current(&self) -> Arc<ListenerTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -471,19 +493,26 @@ impl AsyncWrite for IdleIo {
     }
 }
 
-/// Resolves once the connection saw no traffic for `idle` (checked in quarters).
-async fn idle_expired(a: &Activity, idle: Duration) {
-    let tick = (idle / 4).max(Duration::from_millis(1));
-    let mut quiet = 0;
+/// Resolves once the connection saw no traffic for the idle timeout `idle` holds
+/// (checked in quarters of it). A new timeout applies at once: a connection already
+/// quiet for longer than it is closed.
+async fn idle_expired(a: &Activity, idle: &mut watch::Receiver<Duration>) {
+    let mut quiet_since = Instant::now();
+    // The listener (the sender) can go while an upgraded connection lives on: its
+    // timeout then stays as it was.
+    let mut follow = true;
     loop {
-        tokio::time::sleep(tick).await;
+        let limit = *idle.borrow_and_update();
+        let tick = (limit / 4).max(Duration::from_millis(1));
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            r = idle.changed(), if follow => follow = r.is_ok(),
+        }
+        let now = Instant::now();
         if a.0.swap(false, Ordering::Relaxed) {
-            quiet = 0;
-        } else {
-            quiet += 1;
-            if quiet >= 4 {
-                return;
-            }
+            quiet_since = now;
+        } else if now.duration_since(quiet_since) >= *idle.borrow() {
+            return;
         }
     }
 }
@@ -533,7 +562,7 @@ async fn serve_conn(
     builder: Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
 ) {
-    let idle = listener.timeouts.idle;
+    let idle = listener.client_idle();
     let activity = Arc::new(Activity(AtomicBool::new(true)));
     let client_ip = canonical_ip(remote.ip());
     let xff = HeaderValue::from_str(&client_ip.to_string())
@@ -611,7 +640,7 @@ impl Drop for AbortOnDrop {
 /// close.
 async fn watchdog(
     activity: Arc<Activity>,
-    idle: Duration,
+    mut idle: watch::Receiver<Duration>,
     mut stop: watch::Receiver<bool>,
     mut closing: bool,
     signal: Arc<AtomicU8>,
@@ -629,7 +658,7 @@ async fn watchdog(
                 closing = true;
                 raise(SIGNAL_GRACEFUL);
             }
-            _ = idle_expired(&activity, idle) => {
+            _ = idle_expired(&activity, &mut idle) => {
                 if closing {
                     raise(SIGNAL_CLOSE);
                     return;
@@ -947,7 +976,7 @@ fn respond(
         if let Some(client_up) = client_upgrade {
             let target_up = hyper::upgrade::on(&mut resp);
             let activity = ctx.activity.clone();
-            let idle = ctx.listener.timeouts.idle;
+            let mut idle = ctx.listener.client_idle();
             tokio::spawn(async move {
                 // Counted in flight (and the target connection kept) until either
                 // side closes or the pair is idle for the idle timeout.
@@ -959,7 +988,7 @@ fn respond(
                     let mut t = TokioIo::new(t);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut c, &mut t) => {}
-                        _ = idle_expired(&activity, idle) => {}
+                        _ = idle_expired(&activity, &mut idle) => {}
                     }
                 }
             });

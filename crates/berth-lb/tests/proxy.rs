@@ -148,6 +148,7 @@ fn config_with(
             listener_arn: LISTENER.into(),
             port,
             rules,
+            idle_timeout: None,
         }],
         target_groups: HashMap::from([(TG.to_string(), group(targets, tg, vec![]))]),
     }
@@ -719,6 +720,72 @@ async fn idle_client_connections_are_closed() {
     assert!(t0.elapsed() >= Duration::from_millis(150));
 }
 
+/// A raw HTTP/1.1 keep-alive connection that has had one 200 answered.
+async fn answered_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
+/// Waits (at most `limit`) for the load balancer to close an idle connection; returns
+/// how long that took.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
+    let t0 = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(limit, s.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("still open after {limit:?}"))
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    t0.elapsed()
+}
+
+#[tokio::test]
+async fn a_listeners_own_idle_timeout_closes_idle_client_connections() {
+    let b = ok_backend("x").await;
+    // The node's idle timeout is 10 s; the listener's (its load balancer's) is 1 s.
+    let mut cfg = config(&[(b.addr, false)], 0);
+    cfg.listeners[0].idle_timeout = Some(Duration::from_secs(1));
+    let (lb, addr) = start(opts(), cfg).await;
+    let mut s = answered_connection(addr).await;
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_changed_idle_timeout_reaches_the_open_listener_and_its_connections() {
+    let b = ok_backend("x").await;
+    let cfg = config(&[(b.addr, false)], 0);
+    let (lb, addr) = start(opts(), cfg.clone()).await;
+    // Idle since before the change (the node's 10 s would keep it open).
+    let mut idle = answered_connection(addr).await;
+    let mut busy = Client::connect(addr).await;
+    assert_eq!(busy.get("/", &[]).await.0, 200);
+    let mut shorter = cfg.clone();
+    shorter.listeners[0].idle_timeout = Some(Duration::from_secs(1));
+    assert!(lb.apply(shorter).await.is_empty());
+    // The listener stayed open: same address, and a connection opened before the
+    // change is still served (a replaced listener would have closed it).
+    assert_eq!(lb.listening()[LISTENER], addr);
+    assert_eq!(busy.get("/", &[]).await.0, 200);
+    // The connection idle since before the change closes after the new timeout.
+    closed_within(&mut idle, Duration::from_secs(5)).await;
+    // New connections get it too.
+    let mut fresh = answered_connection(addr).await;
+    let took = closed_within(&mut fresh, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    lb.shutdown().await;
+}
+
 #[tokio::test]
 async fn health_checks_route_only_to_healthy_targets() {
     let sick_code = Arc::new(AtomicU16::new(503));
@@ -876,6 +943,7 @@ fn listener_on(arn: &str, port: u16) -> ListenerConfig {
         listener_arn: arn.into(),
         port,
         rules: vec![default_rule(forward(TG))],
+        idle_timeout: None,
     }
 }
 

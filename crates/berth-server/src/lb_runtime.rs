@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use berth_lb::{Lb, ListenerConfig, RoutingConfig, TargetConfig, TargetGroupConfig};
 use berth_model::elb::{
-    DrainIdle, Listener, Rule, RuleRecord, TargetGroupRecord, TargetHealthUpdate, TargetRecord,
+    DrainIdle, Listener, LoadBalancerRecord, Rule, RuleRecord, TargetGroupRecord,
+    TargetHealthUpdate, TargetRecord,
 };
 use berth_store::{Change, Command, StateReader};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,11 @@ use crate::node::ServerNode;
 #[serde(rename_all = "camelCase")]
 pub struct LbSnapshot {
     pub revision: u64,
+    /// With their attributes (the idle timeout of their listeners). Absent from the
+    /// snapshots of servers older than load balancer attributes: their listeners then
+    /// keep the node's `--lb-idle-timeout`.
+    #[serde(default)]
+    pub load_balancers: Vec<LoadBalancerRecord>,
     pub listeners: Vec<Listener>,
     pub rules: Vec<RuleRecord>,
     pub target_groups: Vec<TargetGroupRecord>,
@@ -41,6 +47,9 @@ pub struct LbSnapshot {
 /// Reads the whole ELB state at the reader's current revision.
 pub fn snapshot(reader: &StateReader) -> Result<LbSnapshot, String> {
     let revision = reader.revision();
+    let load_balancers = reader
+        .elb_load_balancer_records()
+        .map_err(|e| e.to_string())?;
     let listeners = reader.elb_listeners(None).map_err(|e| e.to_string())?;
     let mut rules = Vec::new();
     for l in &listeners {
@@ -58,6 +67,7 @@ pub fn snapshot(reader: &StateReader) -> Result<LbSnapshot, String> {
     let targets = reader.elb_all_targets().map_err(|e| e.to_string())?;
     Ok(LbSnapshot {
         revision,
+        load_balancers,
         listeners,
         rules,
         target_groups,
@@ -67,8 +77,18 @@ pub fn snapshot(reader: &StateReader) -> Result<LbSnapshot, String> {
 
 /// The proxy's configuration from a snapshot. Target groups that no listener uses are
 /// left out (ALB neither checks nor routes them: their targets are `unused`), but for
-/// their draining targets.
+/// their draining targets. Listeners get their load balancer's idle timeout.
 pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
+    let idle_of: HashMap<&str, Duration> = s
+        .load_balancers
+        .iter()
+        .map(|r| {
+            (
+                r.load_balancer.load_balancer_arn.as_str(),
+                Duration::from_secs(u64::from(r.settings().idle_timeout_secs)),
+            )
+        })
+        .collect();
     let mut rules_of: HashMap<&str, Vec<Rule>> = HashMap::new();
     for r in &s.rules {
         rules_of
@@ -92,6 +112,7 @@ pub fn routing_config(s: &LbSnapshot) -> RoutingConfig {
             listener_arn: l.listener_arn.clone(),
             port: l.port,
             rules,
+            idle_timeout: idle_of.get(l.load_balancer_arn.as_str()).copied(),
         });
     }
     let mut used = std::collections::HashSet::new();
@@ -510,6 +531,7 @@ mod tests {
     fn snapshot_with_unused_group() -> LbSnapshot {
         LbSnapshot {
             revision: 7,
+            load_balancers: vec![],
             listeners: vec![Listener {
                 listener_arn: "l1".into(),
                 load_balancer_arn: "lb".into(),
@@ -550,6 +572,41 @@ mod tests {
         assert_eq!(ports("unused"), vec![(4, true)]);
         assert!(!cfg.target_groups.contains_key("idle"));
         assert_eq!(cfg.listeners.len(), 1);
+    }
+
+    #[test]
+    fn listeners_get_their_load_balancers_idle_timeout() {
+        let mut s = snapshot_with_unused_group();
+        // Without a record of its load balancer (an older server's snapshot): the node's.
+        assert_eq!(routing_config(&s).listeners[0].idle_timeout, None);
+        let lb = |arn: &str| {
+            LoadBalancerRecord::new(berth_model::elb::LoadBalancer {
+                load_balancer_arn: arn.into(),
+                ..Default::default()
+            })
+        };
+        s.load_balancers = vec![lb("lb"), lb("other")];
+        assert_eq!(
+            routing_config(&s).listeners[0].idle_timeout,
+            Some(Duration::from_secs(60)),
+            "ALB's default"
+        );
+        s.load_balancers[0].attributes = berth_model::elb::merge_attributes(
+            &s.load_balancers[0].attributes,
+            &[berth_model::elb::Attribute {
+                key: "idle_timeout.timeout_seconds".into(),
+                value: "5".into(),
+            }],
+        );
+        assert_eq!(
+            routing_config(&s).listeners[0].idle_timeout,
+            Some(Duration::from_secs(5))
+        );
+        // The snapshot still reads without load balancers (older servers' JSON).
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("loadBalancers");
+        let back: LbSnapshot = serde_json::from_value(v).unwrap();
+        assert!(back.load_balancers.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

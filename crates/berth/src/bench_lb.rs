@@ -363,6 +363,7 @@ fn routing(port: u16, targets: &[(String, SocketAddr)], hc: HealthParams) -> Rou
             listener_arn: LISTENER_ARN.into(),
             port,
             rules: vec![rule],
+            idle_timeout: None,
         }],
         target_groups: HashMap::from([(TG_ARN.to_string(), TargetGroupConfig { record, targets })]),
     }
