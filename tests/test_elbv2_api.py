@@ -212,6 +212,123 @@ def test_describe_load_balancers_paging(server):
               "describe-load-balancers", "--marker", "garbage", contains="garbage")
 
 
+# ---------------------------------------------------------------------------- load balancer attributes
+
+LB_DEFAULTS = [
+    ("idle_timeout.timeout_seconds", "60"),
+    ("deletion_protection.enabled", "false"),
+    ("routing.http2.enabled", "true"),
+    ("routing.http.drop_invalid_header_fields.enabled", "false"),
+    ("routing.http.x_amzn_tls_version_and_cipher_suite.enabled", "false"),
+    ("routing.http.xff_client_port.enabled", "false"),
+    ("routing.http.xff_header_processing.mode", "append"),
+    ("routing.http.preserve_host_header.enabled", "false"),
+    ("routing.http.desync_mitigation_mode", "defensive"),
+    ("waf.fail_open.enabled", "false"),
+    ("access_logs.s3.enabled", "false"),
+    ("access_logs.s3.bucket", ""),
+    ("access_logs.s3.prefix", ""),
+    ("client_keep_alive.seconds", "3600"),
+    ("connection_logs.s3.enabled", "false"),
+]
+
+
+def lb_attrs(node, lb_arn: str) -> list[dict]:
+    return elb(node, "describe-load-balancer-attributes", "--load-balancer-arn",
+               lb_arn).json["Attributes"]
+
+
+def test_load_balancer_attribute_defaults(server):
+    lb = create_lb(server)
+    attrs = lb_attrs(server, lb["LoadBalancerArn"])
+    assert attrs == [{"Key": k, "Value": v} for k, v in LB_DEFAULTS]
+    ghost = f"{ARN_PREFIX}:loadbalancer/app/ghost/0123456789abcdef"
+    elb_fails(server, "DescribeLoadBalancerAttributes", "LoadBalancerNotFound",
+              "describe-load-balancer-attributes", "--load-balancer-arn", ghost)
+
+
+def test_modify_load_balancer_attributes_round_trip(server):
+    lb = create_lb(server)
+    arn = lb["LoadBalancerArn"]
+    out = elb(server, "modify-load-balancer-attributes", "--load-balancer-arn", arn, "--attributes",
+              "Key=idle_timeout.timeout_seconds,Value=120", "Key=routing.http2.enabled,Value=false",
+              "Key=routing.http.xff_header_processing.mode,Value=preserve",
+              "Key=access_logs.s3.bucket,Value=logs").json["Attributes"]
+    expected = dict(LB_DEFAULTS) | {"idle_timeout.timeout_seconds": "120",
+                                    "routing.http2.enabled": "false",
+                                    "routing.http.xff_header_processing.mode": "preserve",
+                                    "access_logs.s3.bucket": "logs"}
+    # Every attribute comes back, not only those changed (as ALB answers).
+    assert out == [{"Key": k, "Value": expected[k]} for k, _ in LB_DEFAULTS]
+    assert lb_attrs(server, arn) == out
+    # A second change merges with the first.
+    elb(server, "modify-load-balancer-attributes", "--load-balancer-arn", arn, "--attributes",
+        "Key=client_keep_alive.seconds,Value=60")
+    after = {a["Key"]: a["Value"] for a in lb_attrs(server, arn)}
+    assert after == expected | {"client_keep_alive.seconds": "60"}
+    # Another load balancer keeps its defaults.
+    assert lb_attrs(server, create_lb(server)["LoadBalancerArn"]) == \
+        [{"Key": k, "Value": v} for k, v in LB_DEFAULTS]
+
+
+def test_modify_load_balancer_attributes_refusals_change_nothing(server):
+    lb = create_lb(server)
+    arn = lb["LoadBalancerArn"]
+    elb(server, "modify-load-balancer-attributes", "--load-balancer-arn", arn, "--attributes",
+        "Key=idle_timeout.timeout_seconds,Value=30")
+    before = lb_attrs(server, arn)
+    cases = [
+        ("no.such.key", "1", "ValidationError", ["no.such.key", "not recognized"]),
+        ("idle_timeout.timeout_seconds", "ten", "ValidationError", ["idle_timeout.timeout_seconds", "'ten'"]),
+        ("idle_timeout.timeout_seconds", "0", "ValidationError", ["idle_timeout.timeout_seconds", "'0'"]),
+        ("idle_timeout.timeout_seconds", "4001", "ValidationError", ["idle_timeout.timeout_seconds", "'4001'"]),
+        ("client_keep_alive.seconds", "59", "ValidationError", ["client_keep_alive.seconds", "'59'"]),
+        ("client_keep_alive.seconds", "604801", "ValidationError", ["client_keep_alive.seconds", "'604801'"]),
+        ("deletion_protection.enabled", "yes", "ValidationError", ["deletion_protection.enabled", "'yes'"]),
+        ("routing.http2.enabled", "TRUE", "ValidationError", ["routing.http2.enabled", "'TRUE'"]),
+        ("routing.http.xff_header_processing.mode", "drop", "ValidationError",
+         ["routing.http.xff_header_processing.mode", "'drop'"]),
+        ("routing.http.desync_mitigation_mode", "lax", "ValidationError",
+         ["routing.http.desync_mitigation_mode", "'lax'"]),
+        ("access_logs.s3.enabled", "true", "InvalidConfigurationRequest", ["access_logs.s3.enabled", "S3"]),
+    ]
+    for key, value, code, needles in cases:
+        # A valid change in the same request is not applied either.
+        elb_fails(server, "ModifyLoadBalancerAttributes", code, "modify-load-balancer-attributes",
+                  "--load-balancer-arn", arn, "--attributes",
+                  "Key=deletion_protection.enabled,Value=true", f"Key={key},Value={value}",
+                  contains=needles)
+        assert lb_attrs(server, arn) == before, (key, value)
+    ghost = f"{ARN_PREFIX}:loadbalancer/app/ghost/0123456789abcdef"
+    elb_fails(server, "ModifyLoadBalancerAttributes", "LoadBalancerNotFound",
+              "modify-load-balancer-attributes", "--load-balancer-arn", ghost, "--attributes",
+              "Key=idle_timeout.timeout_seconds,Value=5")
+    assert lb_attrs(server, arn) == before
+
+
+def test_deletion_protection_blocks_delete_until_turned_off(server):
+    lb = create_lb(server)
+    arn = lb["LoadBalancerArn"]
+    tg = create_tg(server)
+    listener = create_listener(server, arn, tg["TargetGroupArn"])
+    elb(server, "modify-load-balancer-attributes", "--load-balancer-arn", arn, "--attributes",
+        "Key=deletion_protection.enabled,Value=true")
+    elb_fails(server, "DeleteLoadBalancer", "OperationNotPermitted", "delete-load-balancer",
+              "--load-balancer-arn", arn,
+              contains=f"Load balancer '{arn}' cannot be deleted because deletion protection is enabled")
+    # Nothing went: the load balancer, its listener, its attributes.
+    assert elb(server, "describe-load-balancers", "--load-balancer-arns",
+               arn).json["LoadBalancers"][0]["LoadBalancerArn"] == arn
+    assert [x["ListenerArn"] for x in elb(server, "describe-listeners", "--load-balancer-arn",
+                                          arn).json["Listeners"]] == [listener["ListenerArn"]]
+    assert {a["Key"]: a["Value"] for a in lb_attrs(server, arn)}["deletion_protection.enabled"] == "true"
+    elb(server, "modify-load-balancer-attributes", "--load-balancer-arn", arn, "--attributes",
+        "Key=deletion_protection.enabled,Value=false")
+    elb(server, "delete-load-balancer", "--load-balancer-arn", arn)
+    elb_fails(server, "DescribeLoadBalancers", "LoadBalancerNotFound",
+              "describe-load-balancers", "--load-balancer-arns", arn)
+
+
 # ---------------------------------------------------------------------------- target groups
 
 
