@@ -33,7 +33,8 @@ pub struct LbArgs {
     /// Address the listeners bind on.
     #[arg(long, env = "BERTH_LB_BIND", default_value = "0.0.0.0")]
     bind: std::net::IpAddr,
-    /// Idle timeout for client and target connections (ALB: 60s).
+    /// Idle timeout of pooled target connections (client connections follow their load
+    /// balancer's `idle_timeout.timeout_seconds` attribute).
     #[arg(long, env = "BERTH_LB_IDLE_TIMEOUT", default_value = "60s")]
     idle_timeout: String,
 }

@@ -142,7 +142,8 @@ pub struct ServerArgs {
     /// no load balancer on this server).
     #[arg(long, env = "BERTH_LB_BIND")]
     lb_bind: Option<String>,
-    /// Load balancer idle timeout, client and target side (default 60s, as ALB).
+    /// Idle timeout of the load balancer's pooled target connections (default 60s). Client
+    /// connections follow their load balancer's `idle_timeout.timeout_seconds` attribute.
     #[arg(long, env = "BERTH_LB_IDLE_TIMEOUT")]
     lb_idle_timeout: Option<String>,
 }
