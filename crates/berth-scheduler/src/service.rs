@@ -210,8 +210,6 @@ fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     h
 }
 
-/// A uuid-shaped (version 4 layout) event id derived from the service and the counter.
-
 /// The short id ECS prints in events: the last segment of an ARN, or the id itself.
 fn short_id(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)

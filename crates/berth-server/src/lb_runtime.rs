@@ -238,7 +238,7 @@ pub async fn follow_local(
             Some(l) if l == rev => false,
             Some(l) => elb_changed_since(&node.reader, l).unwrap_or(true),
         };
-        if !changed && !(force && !reported.is_empty()) {
+        if !changed && (!force || reported.is_empty()) {
             last = Some(rev);
             continue;
         }
@@ -340,14 +340,17 @@ fn server_node_name(node: &ServerNode) -> String {
     format!("server-{}", node.id)
 }
 
-/// A server's own reports (as `server-{id}`), while it serves listeners.
-pub async fn report_drains(
-    node: Arc<ServerNode>,
+/// A node's report loop: every `DRAIN_CHECK_EVERY` and on each applied snapshot, sends
+/// the node's idle draining targets with `send` when [`DrainReporter`] says so (`send`
+/// answers whether they were written). Ends when the snapshot channel closes.
+pub async fn drain_report_loop<F, Fut>(
     lb: Arc<Lb>,
     mut applied: tokio::sync::watch::Receiver<Option<Arc<LbSnapshot>>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let name = server_node_name(&node);
+    mut send: F,
+) where
+    F: FnMut(Vec<DrainIdle>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let mut reporter = DrainReporter::default();
     let mut tick = tokio::time::interval(DRAIN_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -355,24 +358,45 @@ pub async fn report_drains(
         tokio::select! {
             r = applied.changed() => { if r.is_err() { return; } }
             _ = tick.tick() => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
         let Some(s) = applied.borrow_and_update().clone() else {
             continue;
         };
         let v = drain_view(&s, &lb);
-        if !reporter.due(&v) {
-            continue;
+        if reporter.due(&v) && send(v.idle.clone()).await {
+            reporter.sent(&v.idle);
         }
+    }
+}
+
+/// A server's own reports (as `server-{id}`), while it serves listeners.
+pub async fn report_drains(
+    node: Arc<ServerNode>,
+    lb: Arc<Lb>,
+    applied: tokio::sync::watch::Receiver<Option<Arc<LbSnapshot>>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let name = server_node_name(&node);
+    let reports = drain_report_loop(lb, applied, |idle| {
+        let node = node.clone();
         let cmd = Command::ElbDrainReport {
             node: name.clone(),
-            idle: v.idle.clone(),
+            idle,
             at: crate::controller::now_secs(),
         };
-        match node.write(cmd).await {
-            Ok(_) => reporter.sent(&v.idle),
-            Err(e) => tracing::debug!(error = %e.message, "drain report failed; retrying"),
+        async move {
+            match node.write(cmd).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "drain report failed; retrying");
+                    false
+                }
+            }
         }
+    });
+    tokio::select! {
+        _ = reports => {}
+        _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {}
     }
 }
 

@@ -379,6 +379,23 @@ fn send(s: &mut Map, r: TaskReport, at: f64) {
     ));
 }
 
+/// Runs a command on `s` (keeping its writes, like `run`) and returns its response with
+/// the changes it announced.
+fn run_changes(s: &mut Map, cmd: Command) -> (Response, Vec<Change>) {
+    let (resp, writes, changes) = {
+        let mut st = Staged::new(&*s);
+        let resp = crate::command::apply(&mut st, &cmd).unwrap();
+        (resp, st.writes, st.changes)
+    };
+    for (k, v) in writes {
+        match v {
+            Some(v) => s.insert(k, v),
+            None => s.remove(&k),
+        };
+    }
+    (resp, changes)
+}
+
 fn task(s: &Map, id: &str) -> TaskRecord {
     crate::tasks::load_task(s, "c", id).unwrap().unwrap()
 }
@@ -1477,23 +1494,13 @@ fn stop_task_drains_then_the_sweep_lets_it_stop() {
     assert_eq!(task(&s, "t1").task.last_status(), "DEACTIVATING");
     // the sweep at the deadline lets it go: drain_until cleared (a task change for the
     // agent session), target removed
-    let (changes, writes) = {
-        let mut st = Staged::new(&s);
-        crate::command::apply(&mut st, &Command::ElbSweep { at: 330.0 }).unwrap();
-        (st.changes, st.writes)
-    };
+    let (_, changes) = run_changes(&mut s, Command::ElbSweep { at: 330.0 });
     assert!(changes.contains(&Change::Task {
         cluster: "c".into(),
         id: "t1".into(),
         instance_id: "i1".into()
     }));
     assert!(changes.contains(&Change::Elb));
-    for (k, v) in writes {
-        match v {
-            Some(v) => s.insert(k, v),
-            None => s.remove(&k),
-        };
-    }
     assert_eq!(task(&s, "t1").drain_until, None);
     assert!(targets(&s, &tg_arn("web")).unwrap().is_empty());
     assert_eq!(next_drain_deadline(&s).unwrap(), None);
@@ -1835,9 +1842,9 @@ fn a_drain_ends_early_once_every_active_load_balancer_node_found_it_idle() {
     drain_report(&mut s, "server-1", &[("web", 600.0)], 301.5);
     assert_eq!(task(&s, "t1").drain_until, Some(600.0));
     // the other one too: the task may stop now (a task change for its agent)...
-    let changes = {
-        let mut st = Staged::new(&s);
-        let cmd = Command::ElbDrainReport {
+    let (resp, changes) = run_changes(
+        &mut s,
+        Command::ElbDrainReport {
             node: "edge-a".into(),
             idle: vec![DrainIdle {
                 target_group_arn: tg_arn("web"),
@@ -1846,18 +1853,9 @@ fn a_drain_ends_early_once_every_active_load_balancer_node_found_it_idle() {
                 drain_until: 600.0,
             }],
             at: 302.0,
-        };
-        ok(crate::command::apply(&mut st, &cmd).unwrap());
-        let changes = st.changes.clone();
-        let writes = st.writes;
-        for (k, v) in writes {
-            match v {
-                Some(v) => s.insert(k, v),
-                None => s.remove(&k),
-            };
-        }
-        changes
-    };
+        },
+    );
+    ok(resp);
     assert!(changes.contains(&Change::Task {
         cluster: "c".into(),
         id: "t1".into(),
@@ -1970,26 +1968,18 @@ fn a_node_last_seen_never_goes_back_with_a_slower_servers_clock() {
 fn targets_follow_an_instance_that_comes_back_with_a_new_address() {
     let mut s = running_service_task();
     assert_eq!(targets(&s, &tg_arn("web")).unwrap()[0].address, "10.0.0.7");
-    let changes = {
-        let mut st = Staged::new(&s);
-        let cmd = Command::RegisterContainerInstance {
+    let (resp, changes) = run_changes(
+        &mut s,
+        Command::RegisterContainerInstance {
             ctx: ctx(),
             hello: hello("i1", "10.0.0.9"),
             at: 400.0,
-        };
-        assert!(matches!(
-            crate::command::apply(&mut st, &cmd).unwrap(),
-            Response::ContainerInstance { .. }
-        ));
-        let changes = st.changes.clone();
-        for (k, v) in st.writes {
-            match v {
-                Some(v) => s.insert(k, v),
-                None => s.remove(&k),
-            };
-        }
-        changes
-    };
+        },
+    );
+    assert!(
+        matches!(resp, Response::ContainerInstance { .. }),
+        "{resp:?}"
+    );
     let t = &targets(&s, &tg_arn("web")).unwrap()[0];
     assert_eq!(
         (t.id.as_str(), t.port, t.address.as_str()),
@@ -1997,15 +1987,13 @@ fn targets_follow_an_instance_that_comes_back_with_a_new_address() {
     );
     assert!(changes.contains(&Change::Elb), "{changes:?}");
     // the same address again writes no target
-    let changes = {
-        let mut st = Staged::new(&s);
-        let cmd = Command::RegisterContainerInstance {
+    let (_, changes) = run_changes(
+        &mut s,
+        Command::RegisterContainerInstance {
             ctx: ctx(),
             hello: hello("i1", "10.0.0.9"),
             at: 401.0,
-        };
-        crate::command::apply(&mut st, &cmd).unwrap();
-        st.changes
-    };
+        },
+    );
     assert!(!changes.contains(&Change::Elb), "{changes:?}");
 }

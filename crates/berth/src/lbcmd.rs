@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_server::lb_runtime::{
-    drain_view, routing_config, DrainReporter, LbSnapshot, DRAIN_CHECK_EVERY, REGISTER_WAIT,
-};
+use berth_server::lb_runtime::{drain_report_loop, routing_config, LbSnapshot, REGISTER_WAIT};
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
@@ -133,33 +131,26 @@ async fn report_drains(
     token: String,
     node: String,
     lb: std::sync::Arc<berth_lb::Lb>,
-    mut applied: tokio::sync::watch::Receiver<Option<std::sync::Arc<LbSnapshot>>>,
+    applied: tokio::sync::watch::Receiver<Option<std::sync::Arc<LbSnapshot>>>,
 ) {
-    let mut reporter = DrainReporter::default();
-    let mut i = 0usize;
-    let mut tick = tokio::time::interval(DRAIN_CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            r = applied.changed() => { if r.is_err() { return; } }
-            _ = tick.tick() => {}
-        }
-        let Some(s) = applied.borrow_and_update().clone() else {
-            continue;
-        };
-        let v = drain_view(&s, &lb);
-        if !reporter.due(&v) {
-            continue;
-        }
-        let server = &servers[i % servers.len()];
-        match send_report(server, &token, &node, &v.idle).await {
-            Ok(()) => reporter.sent(&v.idle),
-            Err(e) => {
-                tracing::debug!(server, error = %format!("{e:#}"), "berth lb: drain report failed; trying the next server");
-                i += 1;
+    // The server to send to; the next one after a failure.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    drain_report_loop(lb, applied, |idle| {
+        let (servers, token, node, next) = (servers.clone(), token.clone(), node.clone(), next.clone());
+        async move {
+            let i = next.load(std::sync::atomic::Ordering::Relaxed);
+            let server = &servers[i % servers.len()];
+            match send_report(server, &token, &node, &idle).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(server, error = %format!("{e:#}"), "berth lb: drain report failed; trying the next server");
+                    next.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
             }
         }
-    }
+    })
+    .await
 }
 
 pub async fn run(args: LbArgs) -> anyhow::Result<()> {
