@@ -168,8 +168,10 @@ def test_a_service_spreads_over_zones_reaches_steady_state_and_serves(env, hosts
 
     svc = wait_stable(env, name)
     assert svc["runningCount"] == 2 and len(svc["deployments"]) == 1, svc
+    # stable as soon as both run; COMPLETED once both are also HEALTHY
+    svc = wait_service(env, name, lambda s: s["deployments"][0]["rolloutState"] == "COMPLETED", 60,
+                       "the deployment to complete (tasks HEALTHY)")
     dep = svc["deployments"][0]
-    assert dep["rolloutState"] == "COMPLETED", dep
     assert dep["rolloutStateReason"] == f"ECS deployment {dep['id']} completed.", dep
     messages = [e["message"] for e in svc["events"]]
     assert messages[0] == f"(service {name}) has reached a steady state.", messages
@@ -270,7 +272,11 @@ def test_a_rolling_update_never_drops_below_minimum_healthy(env, ecs, hosts):
         # health checks passing fast, a rollout of 2 tasks takes about a second)
         assert svc["deployments"][0]["status"] == "PRIMARY", svc["deployments"]
         assert svc["deployments"][0]["taskDefinition"].endswith(f"/{td2}"), svc["deployments"]
-        svc = wait_stable(env, name, timeout=200)
+        wait_stable(env, name, timeout=200)
+        # stable (one deployment, runningCount == desiredCount) comes as the old tasks are
+        # gone; the rollout is COMPLETED once the new tasks are also HEALTHY
+        svc = wait_service(env, name, lambda s: s["deployments"][0]["rolloutState"] == "COMPLETED", 60,
+                           "the rollout to complete (new tasks HEALTHY)")
     finally:
         done.set()
         t.join(timeout=10)
