@@ -28,8 +28,9 @@ use berth_model::elb::{
 use berth_model::{ApiError, ErrorKind, Tag, TaskRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{err, Change, Command, KvRead, Response, Staged, StoreError};
+use crate::command::{err, Change, Command, Response};
 use crate::keys;
+use crate::kv::{KvRead, Staged, StoreError};
 
 /// At most this many rules (besides the default one) per listener.
 pub const MAX_RULES_PER_LISTENER: usize = 100;
@@ -172,7 +173,7 @@ fn delete_drain<R: KvRead + ?Sized>(
 
 // ---------------------------------------------------------------- generic reads
 
-use crate::tasks::{get_json, scan_json};
+use crate::kv::{get_json, scan_json};
 
 // ---------------------------------------------------------------- reads (also for StateReader)
 

@@ -7,8 +7,8 @@ use berth_model::{
     Attribute, Cluster, Container, NetworkBinding, Reservation, Service, ServiceRecord,
 };
 
-use crate::command::tests::{ctx, run, Map};
 use crate::command::NewTask;
+use crate::test_util::{ctx, run, Map};
 
 const R: &str = "us-east-1";
 const A: &str = "123456789012";
@@ -384,7 +384,7 @@ fn send(s: &mut Map, r: TaskReport, at: f64) {
 fn run_changes(s: &mut Map, cmd: Command) -> (Response, Vec<Change>) {
     let (resp, writes, changes) = {
         let mut st = Staged::new(&*s);
-        let resp = crate::command::apply(&mut st, &cmd).unwrap();
+        let resp = crate::apply::apply(&mut st, &cmd).unwrap();
         (resp, st.writes, st.changes)
     };
     for (k, v) in writes {
@@ -1330,7 +1330,7 @@ fn deregister_drains_and_the_sweep_removes() {
     let before = s.clone();
     let (resp, changes) = {
         let mut st = Staged::new(&s);
-        let r = crate::command::apply(
+        let r = crate::apply::apply(
             &mut st,
             &Command::SetTargetHealth {
                 updates: vec![TargetHealthUpdate {
@@ -1410,7 +1410,7 @@ fn registering_a_draining_target_revives_it() {
 fn every_elb_write_emits_an_elb_change() {
     let s = Map::new();
     let mut st = Staged::new(&s);
-    crate::command::apply(
+    crate::apply::apply(
         &mut st,
         &Command::CreateLoadBalancer {
             load_balancer: lb("a"),

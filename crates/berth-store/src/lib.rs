@@ -4,17 +4,32 @@
 #![allow(clippy::result_large_err)]
 //! berth-store: the replicated state of a berth cluster.
 //!
-//! * [`command`]: versioned commands and the deterministic [`command::apply`].
+//! * [`command`]: the versioned commands of the Raft log, what applying one answers and
+//!   the changes it records. It depends on no other module here.
+//! * [`kv`]: the key/value view commands are applied to ([`kv::Staged`]) and
+//!   [`StoreError`]; [`keys`]: the key layout.
+//! * One module per resource, with the apply functions of its commands (and its reads):
+//!   [`clusters`], [`task_definitions`], [`tags`] (ECS tags), [`tasks`] (container
+//!   instances and tasks), [`services`], [`elb`] (ELBv2).
+//! * [`apply()`] / [`apply_batch`]: the deterministic state transition, which dispatches
+//!   each command to its resource's module (`command` ← resources ← `apply`).
 //! * [`log_store`] / [`state_machine`]: openraft's storage traits over sled.
 //! * [`StateReader`]: consistent reads of applied state, and a revision watch.
 
+pub mod apply;
+pub mod clusters;
 pub mod command;
 pub mod elb;
 pub mod keys;
+pub mod kv;
 pub mod log_store;
 pub mod services;
 pub mod state_machine;
+pub mod tags;
+pub mod task_definitions;
 pub mod tasks;
+#[cfg(test)]
+mod test_util;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -26,15 +41,17 @@ use berth_model::{
 };
 use tokio::sync::watch;
 
+pub use apply::{apply, apply_batch};
 pub use berth_model::Remaining;
 pub use command::{
-    Change, Command, FamilyMeta, NewTask, Request, Response, StoreError, TagTarget, TaskStop,
-    COMMAND_VERSION,
+    Change, Command, NewTask, Request, Response, TagTarget, TaskStop, COMMAND_VERSION,
 };
 pub use elb::{default_rule_arn, TargetKey};
 pub use keys::TaskIndexKind;
+pub use kv::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
+pub use task_definitions::FamilyMeta;
 pub use tasks::ClusterCounts;
 
 pub type NodeId = u64;

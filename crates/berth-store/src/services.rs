@@ -11,26 +11,11 @@
 //! the record, so TagResource/UntagResource/ListTagsForResource work on them unchanged.
 
 use berth_model::{ApiError, ArnContext, Cluster, ServiceRecord, Tag, TaskRecord};
-use serde::{Deserialize, Serialize};
 
-use crate::command::{
-    err, inactive_cluster, Change, KvRead, NewTask, Response, Staged, StoreError,
-};
+use crate::command::{err, inactive_cluster, Change, NewTask, Response, TaskStop};
 use crate::keys::{self, TaskIndexKind};
+use crate::kv::{get_json, KvRead, Staged, StoreError};
 use crate::tasks;
-
-/// One task the controller stops.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct TaskStop {
-    pub task_id: String,
-    /// e.g. `Scaling activity initiated by (deployment ecs-svc/…)`
-    pub reason: String,
-    /// e.g. `ServiceSchedulerInitiated`
-    pub stop_code: String,
-}
-
-use crate::tasks::get_json;
 
 // ---------------------------------------------------------------- reads
 
@@ -252,8 +237,8 @@ pub(crate) fn reconcile_service<R: KvRead + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::tests::{ctx, run, Map};
     use crate::command::Command;
+    use crate::test_util::{ctx, run, Map};
     use berth_model::agent::{Hello, InstanceResources, TaskReport};
     use berth_model::{Container, Deployment, ErrorKind, Reservation, Service, Task};
 

@@ -17,7 +17,9 @@ use openraft::{
 };
 use tokio::sync::watch;
 
-use crate::command::{apply_batch, Change, KvRead, Response, Staged, StoreError, COMMAND_VERSION};
+use crate::apply::apply_batch;
+use crate::command::{Change, Response, COMMAND_VERSION};
+use crate::kv::{KvRead, Staged, StoreError};
 use crate::{keys, DurableSnapshot, Node, NodeId, TypeConfig};
 
 /// How many revisions of change records are kept for watchers.

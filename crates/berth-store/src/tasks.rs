@@ -14,10 +14,9 @@ use berth_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::command::{
-    err, inactive_cluster, Change, KvRead, NewTask, Response, Staged, StoreError,
-};
+use crate::command::{err, inactive_cluster, Change, NewTask, Response};
 use crate::keys::{self, TaskIndexKind};
+use crate::kv::{get_json, scan_json, KvRead, Staged, StoreError};
 
 /// At most this many custom attributes per container instance (ECS's limit).
 pub const MAX_CUSTOM_ATTRIBUTES: usize = 10;
@@ -28,36 +27,6 @@ pub const MAX_CUSTOM_ATTRIBUTES: usize = 10;
 pub struct ClientTokenRecord {
     pub task_ids: Vec<String>,
     pub at: f64,
-}
-
-pub(crate) fn get_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
-    kv: &R,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match kv.get(key)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_slice(&v)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(key).into_owned(),
-                source,
-            }),
-    }
-}
-
-pub(crate) fn scan_json<R: KvRead + ?Sized, T: serde::de::DeserializeOwned>(
-    kv: &R,
-    prefix: &[u8],
-) -> Result<Vec<T>, StoreError> {
-    kv.scan_prefix(prefix)?
-        .into_iter()
-        .map(|(k, v)| {
-            serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                source,
-            })
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- reads
@@ -1048,7 +1017,7 @@ mod tests {
     use berth_model::agent::{ContainerReport, InstanceResources};
     use berth_model::{Container, NetworkBinding, Reservation, Tag};
 
-    use crate::command::tests::{ctx, run, Map};
+    use crate::test_util::{ctx, run, Map};
 
     fn error_of(r: &Response) -> &ApiError {
         match r {
