@@ -329,16 +329,16 @@ impl Sim {
                     t.started_at = Some(now);
                 }
                 "RUNNING"
-                    if t.has_health_check && t.started_at.is_some_and(|s| s + HC_SECS <= now) =>
+                    if t.has_health_check
+                        && t.started_at.is_some_and(|s| s + HC_SECS <= now)
+                        && t.health_status == "UNKNOWN" =>
                 {
-                    if t.health_status == "UNKNOWN" {
-                        t.health_status = if behaviour == Behaviour::UnhealthyHc {
-                            "UNHEALTHY"
-                        } else {
-                            "HEALTHY"
-                        }
-                        .into();
+                    t.health_status = if behaviour == Behaviour::UnhealthyHc {
+                        "UNHEALTHY"
+                    } else {
+                        "HEALTHY"
                     }
+                    .into();
                 }
                 _ => {}
             }

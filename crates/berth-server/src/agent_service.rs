@@ -7,7 +7,7 @@
 //! the store like every other reader). Reports become `ReportTasks` commands; the server acks
 //! each task's report sequence once it is committed. A heartbeat refreshes the instance's
 //! `last_seen` in the store every few seconds; the leader marks instances whose agent went
-//! quiet `agentConnected=false` ([`watch_heartbeats`]).
+//! quiet `agentConnected=false` (`berth_control::instances`).
 //!
 //! Sessions do not read the store's change log themselves: one fan-out task per server
 //! ([`Watchers`]) reads each new revision's changes once and hands every session only the
@@ -396,7 +396,7 @@ async fn send(tx: &mpsc::Sender<Result<Frame, Status>>, msg: &ServerMessage) -> 
     tx.send(Ok(Frame { data })).await.is_ok()
 }
 
-use crate::controller::now_secs;
+use berth_store::now_secs;
 
 fn decode(frame: &Frame) -> Result<AgentMessage, SessionError> {
     serde_json::from_slice(&frame.data)
@@ -738,118 +738,6 @@ async fn run_session(
     // may already be connected to another server, and a late `false` would be wrong.
     tracing::info!(peer, cluster, instance_id, "agent disconnected");
     result
-}
-
-/// How long a STOPPED task stays describable.
-pub const STOPPED_TASK_RETENTION: Duration = Duration::from_secs(3600);
-
-/// Leader only: marks instances whose agent has not been seen within the heartbeat timeout
-/// as disconnected (their server may have died with the session), marks the tasks of
-/// instances disconnected for longer than `lost_after` STOPPED (see [`lost_machine`]),
-/// and purges tasks stopped longer ago than [`STOPPED_TASK_RETENTION`].
-pub async fn watch_heartbeats(
-    node: Arc<ServerNode>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let timeout = node.agent_settings.heartbeat_timeout;
-    let lost_after = node.agent_settings.lost_after;
-    let mut tick = tokio::time::interval(Duration::from_secs(1).min(timeout / 2));
-    let mut last_purge = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-        }
-        if !node.is_leader() {
-            continue;
-        }
-        let now = now_secs();
-        let Ok(clusters) = node.reader.clusters() else {
-            continue;
-        };
-        // Stopped tasks stay describable for an hour (as ECS promises), then go.
-        let purge = last_purge.elapsed() >= Duration::from_secs(60);
-        if purge {
-            last_purge = tokio::time::Instant::now();
-        }
-        for c in clusters {
-            let name = c.cluster_name.clone().unwrap_or_default();
-            if purge {
-                let _ = node
-                    .write(Command::PurgeStoppedTasks {
-                        cluster: name.clone(),
-                        before: now - STOPPED_TASK_RETENTION.as_secs_f64(),
-                    })
-                    .await;
-            }
-            let Ok(instances) = node.reader.container_instances(&name) else {
-                continue;
-            };
-            for ci in instances {
-                let connected = ci.instance.agent_connected.unwrap_or(false);
-                if !connected && ci.last_seen + lost_after.as_secs_f64() < now {
-                    lost_machine(&node, &name, &ci, now).await;
-                    continue;
-                }
-                if connected && ci.last_seen + timeout.as_secs_f64() < now {
-                    let id = ci.instance.ec2_instance_id.clone().unwrap_or_default();
-                    tracing::warn!(
-                        cluster = name,
-                        instance = id,
-                        "agent missed its heartbeat deadline; marking it disconnected"
-                    );
-                    let _ = node
-                        .write(Command::SetAgentConnected {
-                            cluster: name.clone(),
-                            instance_id: id,
-                            connected: false,
-                            at: now,
-                        })
-                        .await;
-                }
-            }
-        }
-    }
-}
-
-/// An instance whose agent has been gone past the grace period: its tasks that are not
-/// STOPPED yet become STOPPED, so services replace them on other machines. The agent,
-/// if it returns, no longer finds them in its desired set and stops them.
-async fn lost_machine(
-    node: &ServerNode,
-    cluster: &str,
-    ci: &berth_model::ContainerInstanceRecord,
-    now: f64,
-) {
-    let id = ci.id().to_string();
-    let Ok(tasks) = node.reader.tasks_on_instance(cluster, &id) else {
-        return;
-    };
-    let live = tasks
-        .iter()
-        .filter(|t| t.task.last_status() != "STOPPED")
-        .count();
-    if live == 0 {
-        return;
-    }
-    let since = (now - ci.last_seen).max(0.0).round() as u64;
-    tracing::warn!(
-        cluster,
-        instance = id,
-        tasks = live,
-        "agent lost for {since}s; marking its tasks STOPPED"
-    );
-    let _ = node
-        .write(Command::StopInstanceTasks {
-            cluster: cluster.to_string(),
-            instance_id: id.clone(),
-            reason: format!(
-                "Container instance {id} lost contact with the cluster: its agent has not been heard from for {since}s"
-            ),
-            stop_code: "TerminationNotice".into(),
-            at: now,
-        })
-        .await;
 }
 
 #[cfg(test)]

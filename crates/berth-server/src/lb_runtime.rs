@@ -214,7 +214,7 @@ pub async fn follow_local(
         let cmd = Command::ElbDrainReport {
             node: server_node_name(&node),
             idle: vec![],
-            at: crate::controller::now_secs(),
+            at: berth_store::now_secs(),
         };
         if tokio::time::timeout(REGISTER_WAIT, node.write(cmd))
             .await
@@ -382,7 +382,7 @@ pub async fn report_drains(
         let cmd = Command::ElbDrainReport {
             node: name.clone(),
             idle,
-            at: crate::controller::now_secs(),
+            at: berth_store::now_secs(),
         };
         async move {
             match node.write(cmd).await {

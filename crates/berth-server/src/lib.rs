@@ -1,20 +1,15 @@
 #![forbid(unsafe_code)]
-//! berth-server: the Raft network and node, the ECS API front door, and authentication.
+//! berth-server: a server node. The Raft network and node (forwarding to the leader,
+//! read index), the agent session service, the load balancer runtime and the feed to
+//! `berth lb` edge nodes, and the API port, which hands AWS requests to `berth-api`.
+//! The reconcilers (`berth-control`) run against this node through the store's
+//! `Replica` trait.
 
 pub mod agent_service;
-pub mod api;
-pub mod controller;
-pub mod ecs;
-pub mod ecs_services;
-pub mod ecs_tasks;
-pub mod elbv2;
-pub mod elbv2_query;
-pub mod elbv2_validate;
-pub mod elbv2_xml;
+pub mod http;
 pub mod lb_runtime;
 pub mod network;
 pub mod node;
-pub mod sigv4;
 
-pub use api::{ApiConfig, AuthMode};
+pub use berth_api::{ApiConfig, AuthMode};
 pub use node::{NodeConfig, ServerNode};

@@ -717,3 +717,35 @@ impl Cluster for GrpcService {
         }
     }
 }
+
+/// The API and the reconcilers reach the replicated store through this node.
+#[async_trait::async_trait]
+impl berth_store::Replica for ServerNode {
+    fn reader(&self) -> &StateReader {
+        &self.reader
+    }
+
+    async fn propose(&self, command: Command) -> Result<Response, ApiError> {
+        self.write(command).await
+    }
+
+    async fn read_barrier(&self) -> Result<(), ApiError> {
+        ServerNode::read_barrier(self).await
+    }
+
+    fn is_leader(&self) -> bool {
+        ServerNode::is_leader(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl berth_api::Cluster for ServerNode {
+    async fn agent_logs(
+        &self,
+        cluster: &str,
+        instance: &str,
+        req: berth_model::agent::LogsRequest,
+    ) -> Result<berth_model::agent::LogsResponse, String> {
+        ServerNode::agent_logs(self, cluster, instance, req).await
+    }
+}

@@ -15,6 +15,8 @@
 //!   each command to its resource's module (`command` ← resources ← `apply`).
 //! * [`log_store`] / [`state_machine`]: openraft's storage traits over sled.
 //! * [`StateReader`]: consistent reads of applied state, and a revision watch.
+//! * [`Replica`]: the store as the API and the reconcilers reach it (propose, read).
+//! * [`new_task`]: a new task with fresh ids, as RunTask and the reconciler propose it.
 
 pub mod apply;
 pub mod clusters;
@@ -23,6 +25,10 @@ pub mod elb;
 pub mod keys;
 pub mod kv;
 pub mod log_store;
+#[cfg(any(test, feature = "memory"))]
+pub mod memory;
+pub mod new_task;
+pub mod replica;
 pub mod services;
 pub mod state_machine;
 pub mod tags;
@@ -50,6 +56,7 @@ pub use elb::{default_rule_arn, TargetKey};
 pub use keys::TaskIndexKind;
 pub use kv::StoreError;
 pub use log_store::LogStore;
+pub use replica::{now_secs, Replica};
 pub use state_machine::StateMachine;
 pub use task_definitions::FamilyMeta;
 pub use tasks::ClusterCounts;
@@ -117,6 +124,25 @@ pub fn open(dir: &Path, opts: &StoreOptions) -> Result<OpenedStore, anyhow_lite:
         .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(|e| anyhow_lite::Error(format!("open sled store in {}: {e}", dir.display())))?;
+    open_db(db, opts)
+}
+
+/// A store that lives in memory only (sled's temporary mode): for unit tests.
+pub fn open_temporary() -> Result<OpenedStore, anyhow_lite::Error> {
+    let db = sled::Config::new()
+        .temporary(true)
+        .open()
+        .map_err(|e| anyhow_lite::Error(format!("open a temporary sled store: {e}")))?;
+    open_db(
+        db,
+        &StoreOptions {
+            fsync: false,
+            ..Default::default()
+        },
+    )
+}
+
+fn open_db(db: sled::Db, opts: &StoreOptions) -> Result<OpenedStore, anyhow_lite::Error> {
     let (tx, rx) = watch::channel(0u64);
     let tx = Arc::new(tx);
     let durable = DurableSnapshot::default();

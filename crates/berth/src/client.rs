@@ -139,7 +139,7 @@ impl Client {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let extra = berth_server::sigv4::sign(
+        let extra = berth_api::sigv4::sign(
             "POST",
             &path,
             "",

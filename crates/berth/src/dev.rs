@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
     })?;
     let arn = ArnContext::new(valid.cfg.region.clone(), valid.cfg.account_id.clone());
     let running = crate::start_server(valid, started).await?;
-    berth_server::ecs::ensure_cluster(&running.node, &arn, "default")
+    berth_api::ecs::ensure_cluster(running.node.as_ref(), &arn, "default")
         .await
         .map_err(|e| anyhow::anyhow!("create the default cluster: {}", e.message))?;
     // The built-in agent: this machine is the cluster's one container instance.

@@ -4,14 +4,10 @@
 mod agentcmd;
 mod awsprofile;
 mod bench;
-mod bench_lb;
-mod bench_sched;
-mod bench_tasks;
 mod client;
 mod config;
 mod dev;
 mod lbcmd;
-mod simagent;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -409,17 +405,22 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         .await
         .with_context(|| format!("start node in {}", cfg.data_dir.display()))?;
     node.bootstrap_or_join(cfg.join.clone()).await?;
-    tokio::spawn(berth_server::agent_service::watch_heartbeats(
-        node.clone(),
-        shutdown_rx.clone(),
+    let mut services = berth_control::services::ServiceSettings::new(ArnContext::new(
+        cfg.region.clone(),
+        cfg.account_id.clone(),
     ));
-    let mut controller = berth_server::controller::ControllerSettings::default();
-    controller.scheduler.healthy_after_secs = valid.task_healthy_after.as_secs_f64();
-    tokio::spawn(berth_server::controller::run(
+    services.scheduler.healthy_after_secs = valid.task_healthy_after.as_secs_f64();
+    berth_control::start(
         node.clone(),
-        controller,
+        berth_control::ControlSettings {
+            services,
+            instances: berth_control::instances::InstanceSettings {
+                heartbeat_timeout: valid.agent_heartbeat_timeout,
+                lost_after: valid.agent_lost_after,
+            },
+        },
         shutdown_rx.clone(),
-    ));
+    );
     {
         let opts = berth_lb::LbOptions {
             bind: valid
@@ -452,11 +453,14 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         .await
         .with_context(|| format!("bind API address {}", valid.api_addr))?;
     let api_addr = listener.local_addr()?;
-    let ctx = Arc::new(berth_server::api::Ctx {
+    let front = Arc::new(berth_server::http::Front {
         node: node.clone(),
-        cfg: api_cfg,
+        api: berth_api::Ctx {
+            cluster: node.clone(),
+            cfg: api_cfg,
+        },
     });
-    let api_task = tokio::spawn(berth_server::api::serve(listener, ctx, shutdown_rx));
+    let api_task = tokio::spawn(berth_server::http::serve(listener, front, shutdown_rx));
     tracing::info!(
         node_id = cfg.node_id,
         api = %format!("http://{api_addr}"),

@@ -1,87 +1,10 @@
-//! The AWS Query protocol as ELBv2 speaks it, outbound: errors with their wire code,
-//! and XML documents rendered from the model's PascalCase serde (objects are child
+//! The AWS Query protocol, outbound: XML documents rendered from the model's PascalCase serde (objects are child
 //! elements, arrays are `<member>` lists, `null` is left out).
 //!
 //! Pure: no I/O.
 
-use std::borrow::Cow;
-
-use berth_model::{ApiError, ErrorKind};
+use super::query::QueryError;
 use serde_json::Value;
-
-/// The namespace of every ELBv2 document.
-pub const XMLNS: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
-
-/// An ELBv2 error as sent: `<Error><Type/><Code/><Message/></Error>` and an HTTP status.
-/// Carries its own code because the query protocol has codes the model's `ErrorKind`
-/// does not (`InvalidAction`, `SignatureDoesNotMatch`, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ElbError {
-    pub code: Cow<'static, str>,
-    pub message: String,
-    pub status: u16,
-}
-
-impl ElbError {
-    pub fn new(
-        code: impl Into<Cow<'static, str>>,
-        status: u16,
-        message: impl Into<String>,
-    ) -> Self {
-        ElbError {
-            code: code.into(),
-            message: message.into(),
-            status,
-        }
-    }
-
-    /// `ValidationError` (400).
-    pub fn validation(message: impl Into<String>) -> Self {
-        Self::new("ValidationError", 400, message)
-    }
-
-    /// A body that is not a form (400 `MalformedQueryString`, as AWS answers).
-    pub fn malformed(message: impl Into<String>) -> Self {
-        Self::new("MalformedQueryString", 400, message)
-    }
-
-    /// One of the model's ELBv2 kinds (`TargetGroupNotFound`, `PriorityInUse`, …).
-    pub fn kind(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ElbError::from(ApiError::new(kind, message))
-    }
-
-    /// `Sender` for client errors, `Receiver` for server faults.
-    pub fn fault_type(&self) -> &'static str {
-        if self.status >= 500 {
-            "Receiver"
-        } else {
-            "Sender"
-        }
-    }
-}
-
-impl From<ApiError> for ElbError {
-    /// ELBv2 kinds keep their code; the JSON-protocol kinds that reach this endpoint
-    /// (authentication, server errors, generic validation) take their Query-protocol
-    /// names and statuses.
-    fn from(e: ApiError) -> Self {
-        let (code, status): (&'static str, u16) = match e.kind {
-            ErrorKind::ServerException => ("InternalFailure", 500),
-            ErrorKind::ThrottlingException => ("Throttling", 400),
-            ErrorKind::MissingAuthenticationTokenException => ("MissingAuthenticationToken", 403),
-            ErrorKind::IncompleteSignatureException => ("IncompleteSignature", 400),
-            ErrorKind::UnrecognizedClientException => ("InvalidClientTokenId", 403),
-            ErrorKind::InvalidSignatureException => ("SignatureDoesNotMatch", 403),
-            ErrorKind::AccessDeniedException => ("AccessDenied", 403),
-            ErrorKind::InvalidParameterException
-            | ErrorKind::ClientException
-            | ErrorKind::SerializationException => ("ValidationError", 400),
-            ErrorKind::UnknownOperationException => ("InvalidAction", 400),
-            k => (k.as_str(), 400),
-        };
-        ElbError::new(code, status, e.message)
-    }
-}
 
 /// Appends `s` with XML's special characters escaped. Characters XML 1.0 cannot carry
 /// at all (most C0 controls) become U+FFFD, so the document always parses.
@@ -165,10 +88,10 @@ fn close(out: &mut String, name: &str) {
 
 /// `<{op}Response xmlns=…><{op}Result>…</{op}Result><ResponseMetadata><RequestId>…`.
 /// `result` is an object whose members become the result's elements.
-pub fn success(op: &str, result: &Value, request_id: &str) -> String {
+pub fn success(xmlns: &str, op: &str, result: &Value, request_id: &str) -> String {
     let mut out = String::with_capacity(512);
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(&format!("<{op}Response xmlns=\"{XMLNS}\">"));
+    out.push_str(&format!("<{op}Response xmlns=\"{xmlns}\">"));
     match result {
         Value::Object(m) if m.is_empty() => out.push_str(&format!("<{op}Result/>")),
         Value::Object(_) => write_element(&mut out, &format!("{op}Result"), result),
@@ -182,10 +105,10 @@ pub fn success(op: &str, result: &Value, request_id: &str) -> String {
 }
 
 /// `<ErrorResponse xmlns=…><Error><Type>Sender</Type><Code>…</Code><Message>…</Message></Error><RequestId>…</RequestId></ErrorResponse>`
-pub fn error(e: &ElbError, request_id: &str) -> String {
+pub fn error(xmlns: &str, e: &QueryError, request_id: &str) -> String {
     let mut out = String::with_capacity(256);
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(&format!("<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>"));
+    out.push_str(&format!("<ErrorResponse xmlns=\"{xmlns}\"><Error><Type>"));
     out.push_str(e.fault_type());
     out.push_str("</Type><Code>");
     escape_into(&mut out, &e.code);
@@ -230,7 +153,10 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_model::{ApiError, ErrorKind};
     use serde_json::json;
+
+    const XMLNS: &str = crate::elbv2::XMLNS;
 
     #[test]
     fn renders_lists_objects_and_scalars() {
@@ -244,7 +170,7 @@ mod tests {
                 "VpcId": null
             }]
         });
-        let xml = success("CreateTargetGroup", &v, "rid-1");
+        let xml = success(XMLNS, "CreateTargetGroup", &v, "rid-1");
         assert!(xml.starts_with("<?xml"));
         assert!(xml.contains(&format!("<CreateTargetGroupResponse xmlns=\"{XMLNS}\"><CreateTargetGroupResult><TargetGroups><member>")));
         assert!(xml.contains("<TargetGroupName>a&amp;b&lt;c&gt;</TargetGroupName>"));
@@ -258,27 +184,27 @@ mod tests {
 
     #[test]
     fn empty_result() {
-        let xml = success("DeleteRule", &json!({}), "r");
+        let xml = success(XMLNS, "DeleteRule", &json!({}), "r");
         assert!(xml.contains("<DeleteRuleResponse xmlns=\"http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/\"><DeleteRuleResult/><ResponseMetadata>"));
     }
 
     #[test]
     fn error_document() {
-        let e = ElbError::kind(
+        let e = QueryError::kind(
             ErrorKind::TargetGroupNotFound,
             "One or more target groups not found",
         );
         assert_eq!(e.status, 400);
         assert_eq!(
-            error(&e, "r-3"),
+            error(XMLNS, &e, "r-3"),
             format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>Sender</Type><Code>TargetGroupNotFound</Code><Message>One or more target groups not found</Message></Error><RequestId>r-3</RequestId></ErrorResponse>")
         );
-        let s = ElbError::from(ApiError::server("boom"));
+        let s = QueryError::from(ApiError::server("boom"));
         assert_eq!(
             (s.code.as_ref(), s.status, s.fault_type()),
             ("InternalFailure", 500, "Receiver")
         );
-        let a = ElbError::from(ApiError::new(ErrorKind::InvalidSignatureException, "bad"));
+        let a = QueryError::from(ApiError::new(ErrorKind::InvalidSignatureException, "bad"));
         assert_eq!((a.code.as_ref(), a.status), ("SignatureDoesNotMatch", 403));
     }
 

@@ -1,7 +1,7 @@
-//! The ELBv2 (Application Load Balancer) API on the ECS endpoint: AWS Query requests
+//! The ELBv2 (Application Load Balancer) API on the API port: AWS Query requests
 //! (a form body with `Action=…`, SigV4 scope `elasticloadbalancing`) answered in XML.
-//! Decode and validate (`elbv2_query`, `elbv2_validate`), propose or read, encode
-//! (`elbv2_xml`). Writes go through Raft; reads come from the local reader, as the
+//! Decode ([`crate::protocol::query`]) and validate ([`validate`]), propose or read,
+//! encode ([`crate::protocol::xml`]). Writes go through Raft; reads come from the local reader, as the
 //! ECS handlers do. Random ids are made here and travel inside the commands.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,33 +15,26 @@ use berth_store::{Command, Response as StoreResponse};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
-use hyper::{HeaderMap, Request, Response};
+use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
 
-use crate::api::{read_body, respond, verify_signature, Ctx};
-use crate::elbv2_query::{decode_form, to_tree, Params};
-use crate::elbv2_validate::{self as v, Lookup};
-use crate::elbv2_xml::{self as xml, ElbError};
+pub mod validate;
+
+use crate::context::Ctx;
+use crate::protocol::query::{decode_form, to_tree, Params, QueryError};
+use crate::protocol::{read_body, respond, verify_signature, xml};
+use validate::{self as v, Lookup};
+
+/// ELBv2's errors are the Query protocol's.
+pub type ElbError = QueryError;
 
 /// The SigV4 credential-scope service of ELBv2.
 pub const SIGNING_NAME: &str = "elasticloadbalancing";
 pub const API_VERSION: &str = "2015-12-01";
+/// The namespace of every ELBv2 document.
+pub const XMLNS: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
 
 type R<T> = Result<T, ElbError>;
-
-/// Is this an ELBv2 (Query protocol) request? A form body and no `X-Amz-Target`.
-pub fn is_query_request(headers: &HeaderMap) -> bool {
-    !headers.contains_key("x-amz-target")
-        && headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/x-www-form-urlencoded")
-            })
-}
 
 /// Serves one ELBv2 request: every answer, authentication failures included, is an
 /// ELBv2 XML document.
@@ -87,21 +80,26 @@ pub async fn serve(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Ful
         Ok(v) => respond(
             200,
             "text/xml",
-            xml::success(&op, &v, rid).into_bytes(),
+            xml::success(XMLNS, &op, &v, rid).into_bytes(),
             rid,
         ),
         Err(e) => {
             if e.status >= 500 {
                 tracing::error!(op = %op, request_id = %rid, error = %e.message, "ELBv2 request failed");
             }
-            respond(e.status, "text/xml", xml::error(&e, rid).into_bytes(), rid)
+            respond(
+                e.status,
+                "text/xml",
+                xml::error(XMLNS, &e, rid).into_bytes(),
+                rid,
+            )
         }
     };
     tracing::debug!(op = %op, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "elbv2");
     resp
 }
 
-async fn dispatch(ctx: &Ctx, action: &str, p: &Params<'_>) -> R<Value> {
+pub(crate) async fn dispatch(ctx: &Ctx, action: &str, p: &Params<'_>) -> R<Value> {
     match action {
         "CreateLoadBalancer" => create_load_balancer(ctx, p).await,
         "DescribeLoadBalancers" => describe_load_balancers(ctx, p),
@@ -143,13 +141,9 @@ fn store_err(e: berth_store::StoreError) -> ElbError {
     ElbError::from(ApiError::server(format!("state store error: {e}")))
 }
 
-async fn propose(ctx: &Ctx, cmd: Command) -> R<StoreResponse> {
-    crate::ecs::propose(ctx, cmd).await.map_err(ElbError::from)
-}
-
 /// Proposes a command whose only answer is `Ok` (an empty ELBv2 result).
 async fn propose_ok(ctx: &Ctx, cmd: Command) -> R<Value> {
-    match propose(ctx, cmd).await? {
+    match ctx.propose(cmd).await? {
         StoreResponse::Ok => Ok(json!({})),
         other => Err(unexpected(other)),
     }
@@ -236,21 +230,20 @@ fn at_most_one(p: &Params<'_>, names: &[&str]) -> R<()> {
 // ---------------------------------------------------------------- reads (local adapter)
 
 fn load_balancers(ctx: &Ctx) -> R<Vec<LoadBalancer>> {
-    let mut v = ctx.node.reader.elb_load_balancers().map_err(store_err)?;
+    let mut v = ctx.reader().elb_load_balancers().map_err(store_err)?;
     v.sort_by(|a, b| a.load_balancer_name.cmp(&b.load_balancer_name));
     Ok(v)
 }
 
 fn load_balancer(ctx: &Ctx, arn: &str) -> R<LoadBalancer> {
-    ctx.node
-        .reader
+    ctx.reader()
         .elb_load_balancer(arn)
         .map_err(store_err)?
         .ok_or_else(|| not_found(ErrorKind::LoadBalancerNotFound))
 }
 
 fn target_groups(ctx: &Ctx) -> R<Vec<TargetGroupRecord>> {
-    let mut v = ctx.node.reader.elb_target_groups().map_err(store_err)?;
+    let mut v = ctx.reader().elb_target_groups().map_err(store_err)?;
     v.sort_by(|a, b| {
         a.target_group
             .target_group_name
@@ -260,8 +253,7 @@ fn target_groups(ctx: &Ctx) -> R<Vec<TargetGroupRecord>> {
 }
 
 fn target_group(ctx: &Ctx, arn: &str) -> R<TargetGroupRecord> {
-    ctx.node
-        .reader
+    ctx.reader()
         .elb_target_group(arn)
         .map_err(store_err)?
         .ok_or_else(|| not_found(ErrorKind::TargetGroupNotFound))
@@ -269,14 +261,13 @@ fn target_group(ctx: &Ctx, arn: &str) -> R<TargetGroupRecord> {
 
 /// Listeners (of one load balancer, or all), by port.
 fn listeners(ctx: &Ctx, lb: Option<&str>) -> R<Vec<Listener>> {
-    let mut v = ctx.node.reader.elb_listeners(lb).map_err(store_err)?;
+    let mut v = ctx.reader().elb_listeners(lb).map_err(store_err)?;
     v.sort_by(|a, b| (a.port, &a.listener_arn).cmp(&(b.port, &b.listener_arn)));
     Ok(v)
 }
 
 fn listener(ctx: &Ctx, arn: &str) -> R<Listener> {
-    ctx.node
-        .reader
+    ctx.reader()
         .elb_listener(arn)
         .map_err(store_err)?
         .ok_or_else(|| not_found(ErrorKind::ListenerNotFound))
@@ -291,21 +282,20 @@ fn rule_key(r: &Rule) -> String {
 }
 
 fn rules(ctx: &Ctx, listener_arn: &str) -> R<Vec<Rule>> {
-    let mut v = ctx.node.reader.elb_rules(listener_arn).map_err(store_err)?;
+    let mut v = ctx.reader().elb_rules(listener_arn).map_err(store_err)?;
     v.sort_by_key(rule_key);
     Ok(v)
 }
 
 fn rule(ctx: &Ctx, arn: &str) -> R<RuleRecord> {
-    ctx.node
-        .reader
+    ctx.reader()
         .elb_rule(arn)
         .map_err(store_err)?
         .ok_or_else(|| not_found(ErrorKind::RuleNotFound))
 }
 
 fn targets_of(ctx: &Ctx, tg_arn: &str) -> R<Vec<TargetRecord>> {
-    ctx.node.reader.elb_targets(tg_arn).map_err(store_err)
+    ctx.reader().elb_targets(tg_arn).map_err(store_err)
 }
 
 /// Target groups as the action validator sees them: type and load balancers.
@@ -335,14 +325,9 @@ impl Lookup for Groups {
 /// `berth-local` when none does.
 fn zones(ctx: &Ctx) -> R<Vec<String>> {
     let mut zones = BTreeSet::new();
-    for c in ctx.node.reader.clusters().map_err(store_err)? {
+    for c in ctx.reader().clusters().map_err(store_err)? {
         let Some(name) = c.cluster_name else { continue };
-        for ci in ctx
-            .node
-            .reader
-            .container_instances(&name)
-            .map_err(store_err)?
-        {
+        for ci in ctx.reader().container_instances(&name).map_err(store_err)? {
             for a in &ci.instance.attributes {
                 if a.name == "ecs.availability-zone" {
                     if let Some(v) = a.value.as_deref().filter(|v| !v.is_empty()) {
@@ -361,14 +346,9 @@ fn zones(ctx: &Ctx) -> R<Vec<String>> {
 /// Container instance ids (and their ARNs' last segment) that `instance` targets may name.
 fn instance_ids(ctx: &Ctx) -> R<BTreeSet<String>> {
     let mut ids = BTreeSet::new();
-    for c in ctx.node.reader.clusters().map_err(store_err)? {
+    for c in ctx.reader().clusters().map_err(store_err)? {
         let Some(name) = c.cluster_name else { continue };
-        for ci in ctx
-            .node
-            .reader
-            .container_instances(&name)
-            .map_err(store_err)?
-        {
+        for ci in ctx.reader().container_instances(&name).map_err(store_err)? {
             if ci.status() == "INACTIVE" {
                 continue;
             }
@@ -458,14 +438,12 @@ async fn create_load_balancer(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         security_groups,
         ip_address_type: ip_type.to_string(),
     };
-    match propose(
-        ctx,
-        Command::CreateLoadBalancer {
+    match ctx
+        .propose(Command::CreateLoadBalancer {
             load_balancer: lb,
             tags,
-        },
-    )
-    .await?
+        })
+        .await?
     {
         StoreResponse::LoadBalancer { load_balancer } => {
             Ok(json!({ "LoadBalancers": [lb_json(&load_balancer)?] }))
@@ -525,8 +503,7 @@ async fn delete_load_balancer(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
 fn describe_load_balancer_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let arn = p.req_str("LoadBalancerArn")?;
     let rec = ctx
-        .node
-        .reader
+        .reader()
         .elb_load_balancer_record(arn)
         .map_err(store_err)?
         .ok_or_else(|| not_found(ErrorKind::LoadBalancerNotFound))?;
@@ -543,7 +520,7 @@ async fn modify_load_balancer_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> 
         arn: arn.to_string(),
         attributes,
     };
-    match propose(ctx, cmd).await? {
+    match ctx.propose(cmd).await? {
         StoreResponse::LoadBalancerAttributes { attributes } => {
             Ok(json!({ "Attributes": to_json(&attributes)? }))
         }
@@ -566,7 +543,10 @@ async fn create_target_group(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         target_group: tg,
         attributes: v::default_attributes(),
     };
-    match propose(ctx, Command::CreateTargetGroup { record, tags }).await? {
+    match ctx
+        .propose(Command::CreateTargetGroup { record, tags })
+        .await?
+    {
         StoreResponse::TargetGroup { record } => {
             Ok(json!({ "TargetGroups": [to_json(&record.target_group)?] }))
         }
@@ -623,14 +603,12 @@ async fn modify_target_group(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let arn = p.req_str("TargetGroupArn")?;
     let current = target_group(ctx, arn)?;
     let patch = v::target_group_patch(p, &current.target_group)?;
-    match propose(
-        ctx,
-        Command::ModifyTargetGroup {
+    match ctx
+        .propose(Command::ModifyTargetGroup {
             arn: arn.to_string(),
             patch,
-        },
-    )
-    .await?
+        })
+        .await?
     {
         StoreResponse::TargetGroup { record } => {
             Ok(json!({ "TargetGroups": [to_json(&record.target_group)?] }))
@@ -652,7 +630,7 @@ async fn modify_target_group_attributes(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         arn: arn.to_string(),
         attributes: changes.clone(),
     };
-    let attributes = match propose(ctx, cmd).await? {
+    let attributes = match ctx.propose(cmd).await? {
         StoreResponse::TargetGroup { record } => record.attributes,
         StoreResponse::Ok => model::merge_attributes(&current.attributes, &changes),
         other => return Err(unexpected(other)),
@@ -720,8 +698,7 @@ fn check_port(ctx: &Ctx, lb_arn: &str, port: u16, except: Option<&str>) -> R<()>
             ));
         }
         let other = ctx
-            .node
-            .reader
+            .reader()
             .elb_load_balancer(&l.load_balancer_arn)
             .map_err(store_err)?
             .map(|lb| lb.load_balancer_name)
@@ -765,7 +742,10 @@ async fn create_listener(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         protocol: protocol.to_string(),
         default_actions: actions,
     };
-    match propose(ctx, Command::CreateListener { listener, tags }).await? {
+    match ctx
+        .propose(Command::CreateListener { listener, tags })
+        .await?
+    {
         StoreResponse::Listener { listener } => Ok(json!({ "Listeners": [to_json(&listener)?] })),
         other => Err(unexpected(other)),
     }
@@ -830,7 +810,7 @@ async fn modify_listener(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         protocol: protocol.map(String::from),
         default_actions,
     };
-    match propose(ctx, cmd).await? {
+    match ctx.propose(cmd).await? {
         StoreResponse::Listener { listener } => Ok(json!({ "Listeners": [to_json(&listener)?] })),
         other => Err(unexpected(other)),
     }
@@ -898,7 +878,7 @@ async fn create_rule(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
             is_default: false,
         },
     };
-    match propose(ctx, Command::CreateRule { record, tags }).await? {
+    match ctx.propose(Command::CreateRule { record, tags }).await? {
         StoreResponse::Rule { rule } => Ok(json!({ "Rules": [to_json(&rule)?] })),
         other => Err(unexpected(other)),
     }
@@ -964,7 +944,7 @@ async fn modify_rule(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
         conditions,
         actions,
     };
-    match propose(ctx, cmd).await? {
+    match ctx.propose(cmd).await? {
         StoreResponse::Rule { rule } => Ok(json!({ "Rules": [to_json(&rule)?] })),
         other => Err(unexpected(other)),
     }
@@ -1015,7 +995,10 @@ async fn set_rule_priorities(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
             }
         }
     }
-    match propose(ctx, Command::SetRulePriorities { priorities: wanted }).await? {
+    match ctx
+        .propose(Command::SetRulePriorities { priorities: wanted })
+        .await?
+    {
         StoreResponse::Rules { mut rules } => {
             rules.sort_by_key(rule_key);
             Ok(json!({ "Rules": to_json(&rules)? }))
@@ -1260,8 +1243,7 @@ fn describe_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
     let mut out = Vec::new();
     for arn in resource_arns(ctx, p)? {
         let tags: Vec<Value> = ctx
-            .node
-            .reader
+            .reader()
             .tags(&arn)
             .map_err(store_err)?
             .into_iter()
@@ -1284,7 +1266,7 @@ async fn add_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
             arn,
             tags: tags.clone(),
         };
-        match propose(ctx, cmd).await? {
+        match ctx.propose(cmd).await? {
             StoreResponse::Ok => {}
             other => return Err(unexpected(other)),
         }
@@ -1305,7 +1287,7 @@ async fn remove_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
             arn,
             keys: keys.clone(),
         };
-        match propose(ctx, cmd).await? {
+        match ctx.propose(cmd).await? {
             StoreResponse::Ok => {}
             other => return Err(unexpected(other)),
         }
@@ -1316,28 +1298,6 @@ async fn remove_tags(ctx: &Ctx, p: &Params<'_>) -> R<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
-
-    #[test]
-    fn query_requests_are_recognised() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
-        );
-        assert!(is_query_request(&h));
-        h.insert(
-            "x-amz-target",
-            HeaderValue::from_static("AmazonEC2ContainerServiceV20141113.ListClusters"),
-        );
-        assert!(!is_query_request(&h));
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-amz-json-1.1"),
-        );
-        assert!(!is_query_request(&h));
-    }
 
     #[test]
     fn ids_and_rule_order() {

@@ -20,10 +20,9 @@ use berth_store::{Command, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::api::Ctx;
-use crate::ecs::{
-    propose, required, resolve_task_definition, store_err, to_value, unexpected, with_token,
-};
+use super::common::{required, store_err, to_value, unexpected, with_token};
+use super::task_definitions::resolve_task_definition;
+use crate::context::Ctx;
 
 /// How often an update is recomputed when the service changed under it.
 const PUT_ATTEMPTS: usize = 5;
@@ -41,7 +40,7 @@ fn cluster_of(c: &Option<String>) -> Result<String, ApiError> {
 /// The cluster, which must exist (`ClusterNotFoundException`); `active` also refuses an
 /// INACTIVE one.
 fn existing_cluster(ctx: &Ctx, name: &str, active: bool) -> Result<(), ApiError> {
-    match ctx.node.reader.cluster(name).map_err(store_err)? {
+    match ctx.reader().cluster(name).map_err(store_err)? {
         None => Err(ApiError::cluster_not_found()),
         Some(c) if active && c.status.as_deref() != Some("ACTIVE") => {
             Err(berth_store::command::inactive_cluster())
@@ -355,7 +354,7 @@ fn check_target_groups(ctx: &Ctx, lbs: &[LoadBalancer]) -> Result<(), ApiError> 
                 "The target group {arn} is given twice for the same container and port."
             )));
         }
-        let Some(tg) = ctx.node.reader.elb_target_group(arn).map_err(store_err)? else {
+        let Some(tg) = ctx.reader().elb_target_group(arn).map_err(store_err)? else {
             return Err(ApiError::invalid(format!(
                 "The target group with targetGroupArn {arn} does not exist."
             )));
@@ -477,8 +476,7 @@ pub(crate) fn service_view(
     tags: Option<Vec<Tag>>,
 ) -> Result<Service, ApiError> {
     let tasks = ctx
-        .node
-        .reader
+        .reader()
         .tasks_of_group(cluster, &rec.group())
         .map_err(store_err)?;
     let mut svc = rec.service.clone();
@@ -620,7 +618,7 @@ pub(crate) async fn create_service(
     let load_balancers = req.load_balancers.clone().unwrap_or_default();
     let registries = req.service_registries.clone().unwrap_or_default();
 
-    ctx.node.read_barrier().await?;
+    ctx.cluster.read_barrier().await?;
     existing_cluster(ctx, &cluster, true)?;
     let td = service_task_definition(ctx, &td_ref)?;
     check_placement(&constraints, &strategies, Some(&td), daemon)?;
@@ -667,7 +665,7 @@ pub(crate) async fn create_service(
         record: rec,
         at: now,
     };
-    match propose(ctx, cmd).await? {
+    match ctx.propose(cmd).await? {
         Response::Service { service } => {
             let tags = service.service.tags.clone();
             service_json(ctx, &cluster, &service, tags)
@@ -699,11 +697,10 @@ where
     F: FnMut(&ServiceRecord) -> Result<Decision, ApiError>,
 {
     for _ in 0..PUT_ATTEMPTS {
-        ctx.node.read_barrier().await?;
+        ctx.cluster.read_barrier().await?;
         existing_cluster(ctx, cluster, false)?;
         let current = ctx
-            .node
-            .reader
+            .reader()
             .service(cluster, name)
             .map_err(store_err)?
             .ok_or_else(ApiError::service_not_found)?;
@@ -718,7 +715,7 @@ where
             record,
             at: ctx.now(),
         };
-        match propose(ctx, cmd).await? {
+        match ctx.propose(cmd).await? {
             Response::Service { service } => return Ok(*service),
             Response::Conflict => continue,
             other => return Err(unexpected(other)),
@@ -948,7 +945,7 @@ pub(crate) async fn describe_services(
         )));
     }
     let with_tags = !include.is_empty();
-    ctx.node.read_barrier().await?;
+    ctx.cluster.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
     let mut services = Vec::new();
     let mut failures = Vec::new();
@@ -960,19 +957,13 @@ pub(crate) async fn describe_services(
                 continue;
             }
         };
-        let Some(rec) = ctx
-            .node
-            .reader
-            .service(&cluster, &name)
-            .map_err(store_err)?
-        else {
+        let Some(rec) = ctx.reader().service(&cluster, &name).map_err(store_err)? else {
             failures.push(Failure::missing(ctx.cfg.ctx.service(&cluster, &name)));
             continue;
         };
         let tags = if with_tags {
             Some(
-                ctx.node
-                    .reader
+                ctx.reader()
                     .tags(&rec.service.service_arn)
                     .map_err(store_err)?,
             )
@@ -1028,11 +1019,10 @@ pub(crate) async fn list_services(ctx: &Ctx, req: ListServicesRequest) -> Result
     }
     let max = check_max_results(req.max_results, 10)?;
     let after = decode_opt_token("ListServices", req.next_token.as_deref())?;
-    ctx.node.read_barrier().await?;
+    ctx.cluster.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
     let keep: Vec<ServiceRecord> = ctx
-        .node
-        .reader
+        .reader()
         .services(&cluster)
         .map_err(store_err)?
         .into_iter()
@@ -1188,11 +1178,10 @@ pub(crate) async fn list_service_deployments(
     let after_t = timestamp(&created.after, "createdAt.after")?;
     let max = check_max_results(req.max_results, 20)?;
     let after = decode_opt_token("ListServiceDeployments", req.next_token.as_deref())?;
-    ctx.node.read_barrier().await?;
+    ctx.cluster.read_barrier().await?;
     existing_cluster(ctx, &cluster, false)?;
     let rec = ctx
-        .node
-        .reader
+        .reader()
         .service(&cluster, &name)
         .map_err(store_err)?
         .ok_or_else(ApiError::service_not_found)?;
@@ -1362,19 +1351,14 @@ pub(crate) async fn describe_service_deployments(
             arns.len()
         )));
     }
-    ctx.node.read_barrier().await?;
+    ctx.cluster.read_barrier().await?;
     let mut out = Vec::new();
     let mut failures = Vec::new();
     for arn in &arns {
         let found = match parse_service_deployment_arn(ctx, arn) {
             None => None,
             Some((cluster, name, id)) => {
-                match ctx
-                    .node
-                    .reader
-                    .service(&cluster, &name)
-                    .map_err(store_err)?
-                {
+                match ctx.reader().service(&cluster, &name).map_err(store_err)? {
                     Some(rec) => rec
                         .history
                         .iter()
@@ -1388,8 +1372,7 @@ pub(crate) async fn describe_service_deployments(
             None => failures.push(Failure::missing(arn.clone())),
             Some((cluster, rec, i)) => {
                 let tasks = ctx
-                    .node
-                    .reader
+                    .reader()
                     .tasks_of_group(&cluster, &rec.group())
                     .map_err(store_err)?;
                 out.push(service_deployment(ctx, &cluster, &rec, &tasks, i)?);

@@ -1,4 +1,4 @@
-//! The AWS Query protocol as ELBv2 speaks it, inbound: a form body
+//! The AWS Query protocol (ELBv2, CloudWatch's older clients), inbound: a form body
 //! (`Action=CreateRule&Version=2015-12-01&Conditions.member.1.Values.member.1=%2Fapi%2F*`)
 //! decoded into a tree (`serde_json::Value`: objects, arrays for `member.N`, string
 //! leaves), and typed extraction from that tree whose errors name the member and the
@@ -6,15 +6,101 @@
 //!
 //! Pure: no I/O.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use berth_model::{ApiError, ErrorKind};
+use hyper::header::CONTENT_TYPE;
+use hyper::HeaderMap;
 use serde_json::{Map, Value};
 
-use crate::elbv2_xml::ElbError;
+/// Is this a Query-protocol request? A form body and no `X-Amz-Target`.
+pub fn is_query_request(headers: &HeaderMap) -> bool {
+    !headers.contains_key("x-amz-target")
+        && headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            })
+}
+
+/// A Query-protocol error as sent: `<Error><Type/><Code/><Message/></Error>` and an HTTP status.
+/// Carries its own code because the query protocol has codes the model's `ErrorKind`
+/// does not (`InvalidAction`, `SignatureDoesNotMatch`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    pub code: Cow<'static, str>,
+    pub message: String,
+    pub status: u16,
+}
+
+impl QueryError {
+    pub fn new(
+        code: impl Into<Cow<'static, str>>,
+        status: u16,
+        message: impl Into<String>,
+    ) -> Self {
+        QueryError {
+            code: code.into(),
+            message: message.into(),
+            status,
+        }
+    }
+
+    /// `ValidationError` (400).
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new("ValidationError", 400, message)
+    }
+
+    /// A body that is not a form (400 `MalformedQueryString`, as AWS answers).
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new("MalformedQueryString", 400, message)
+    }
+
+    /// One of the model's kinds (`TargetGroupNotFound`, `PriorityInUse`, …).
+    pub fn kind(kind: ErrorKind, message: impl Into<String>) -> Self {
+        QueryError::from(ApiError::new(kind, message))
+    }
+
+    /// `Sender` for client errors, `Receiver` for server faults.
+    pub fn fault_type(&self) -> &'static str {
+        if self.status >= 500 {
+            "Receiver"
+        } else {
+            "Sender"
+        }
+    }
+}
+
+impl From<ApiError> for QueryError {
+    /// Service kinds (ELBv2's `TargetGroupNotFound`, …) keep their code; the JSON-protocol kinds that reach this endpoint
+    /// (authentication, server errors, generic validation) take their Query-protocol
+    /// names and statuses.
+    fn from(e: ApiError) -> Self {
+        let (code, status): (&'static str, u16) = match e.kind {
+            ErrorKind::ServerException => ("InternalFailure", 500),
+            ErrorKind::ThrottlingException => ("Throttling", 400),
+            ErrorKind::MissingAuthenticationTokenException => ("MissingAuthenticationToken", 403),
+            ErrorKind::IncompleteSignatureException => ("IncompleteSignature", 400),
+            ErrorKind::UnrecognizedClientException => ("InvalidClientTokenId", 403),
+            ErrorKind::InvalidSignatureException => ("SignatureDoesNotMatch", 403),
+            ErrorKind::AccessDeniedException => ("AccessDenied", 403),
+            ErrorKind::InvalidParameterException
+            | ErrorKind::ClientException
+            | ErrorKind::SerializationException => ("ValidationError", 400),
+            ErrorKind::UnknownOperationException => ("InvalidAction", 400),
+            k => (k.as_str(), 400),
+        };
+        QueryError::new(code, status, e.message)
+    }
+}
 
 /// `application/x-www-form-urlencoded` → `(name, value)` pairs in body order:
 /// `+` is a space, `%XX` a byte; the bytes must be UTF-8.
-pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ElbError> {
+pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, QueryError> {
     let mut out = Vec::new();
     for pair in body.split(|b| *b == b'&') {
         if pair.is_empty() {
@@ -29,7 +115,7 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ElbError> {
     Ok(out)
 }
 
-fn unescape(s: &[u8]) -> Result<String, ElbError> {
+fn unescape(s: &[u8]) -> Result<String, QueryError> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -47,7 +133,7 @@ fn unescape(s: &[u8]) -> Result<String, ElbError> {
                         i += 2;
                     }
                     None => {
-                        return Err(ElbError::malformed(format!(
+                        return Err(QueryError::malformed(format!(
                             "Malformed percent-encoding in the request body near '{}'.",
                             String::from_utf8_lossy(&s[i..(i + 3).min(s.len())])
                         )))
@@ -59,7 +145,7 @@ fn unescape(s: &[u8]) -> Result<String, ElbError> {
         i += 1;
     }
     String::from_utf8(out)
-        .map_err(|_| ElbError::malformed("The request body is not valid UTF-8.".to_string()))
+        .map_err(|_| QueryError::malformed("The request body is not valid UTF-8.".to_string()))
 }
 
 /// The tree being built: a leaf, a structure, or a `member.N` list (ordered by N).
@@ -81,8 +167,8 @@ impl Node {
     }
 }
 
-fn conflict(key: &str) -> ElbError {
-    ElbError::validation(format!(
+fn conflict(key: &str) -> QueryError {
+    QueryError::validation(format!(
         "Parameter '{key}' is given both as a value and as a structure or list."
     ))
 }
@@ -90,12 +176,12 @@ fn conflict(key: &str) -> ElbError {
 /// Pairs → tree. `A.B=1` is `{"A":{"B":"1"}}`; `A.member.2=x&A.member.1=y` is
 /// `{"A":["y","x"]}` (ordered by N, gaps closed); an empty `A=` where a list is
 /// expected reads as an empty list (that is how the query serializer sends `[]`).
-pub fn to_tree(pairs: &[(String, String)]) -> Result<Map<String, Value>, ElbError> {
+pub fn to_tree(pairs: &[(String, String)]) -> Result<Map<String, Value>, QueryError> {
     let mut root: BTreeMap<String, Node> = BTreeMap::new();
     for (key, value) in pairs {
         let segs: Vec<&str> = key.split('.').collect();
         if segs.iter().any(|s| s.is_empty()) {
-            return Err(ElbError::validation(format!(
+            return Err(QueryError::validation(format!(
                 "Malformed parameter name '{key}'."
             )));
         }
@@ -109,7 +195,7 @@ fn insert(
     segs: &[&str],
     value: &str,
     key: &str,
-) -> Result<(), ElbError> {
+) -> Result<(), QueryError> {
     let name = segs[0].to_string();
     let rest = &segs[1..];
     if rest.is_empty() {
@@ -133,7 +219,7 @@ fn insert(
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| *n >= 1)
             .ok_or_else(|| {
-                ElbError::validation(format!(
+                QueryError::validation(format!(
                     "Malformed parameter name '{key}': 'member' must be followed by an index of 1 or more."
                 ))
             })?;
@@ -215,11 +301,11 @@ impl<'a> Params<'a> {
     }
 
     /// A string member; a structure or list where a string is expected is refused.
-    pub fn str(&self, name: &str) -> Result<Option<&'a str>, ElbError> {
+    pub fn str(&self, name: &str) -> Result<Option<&'a str>, QueryError> {
         match self.map.get(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(ElbError::validation(format!(
+            Some(_) => Err(QueryError::validation(format!(
                 "Parameter '{}' must be a single value.",
                 self.name(name)
             ))),
@@ -227,10 +313,10 @@ impl<'a> Params<'a> {
     }
 
     /// A required, non-empty string member.
-    pub fn req_str(&self, name: &str) -> Result<&'a str, ElbError> {
+    pub fn req_str(&self, name: &str) -> Result<&'a str, QueryError> {
         match self.str(name)? {
             Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(ElbError::validation(format!(
+            _ => Err(QueryError::validation(format!(
                 "A value for '{}' is required: Member must not be null",
                 self.name(name)
             ))),
@@ -238,18 +324,18 @@ impl<'a> Params<'a> {
     }
 
     /// An integer member within `min..=max`.
-    pub fn int(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, ElbError> {
+    pub fn int(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, QueryError> {
         let Some(s) = self.str(name)? else {
             return Ok(None);
         };
         let n: i64 = s.trim().parse().map_err(|_| {
-            ElbError::validation(format!(
+            QueryError::validation(format!(
                 "Value '{s}' at '{}' is not a valid integer",
                 self.name(name)
             ))
         })?;
         if n < min || n > max {
-            return Err(ElbError::validation(format!(
+            return Err(QueryError::validation(format!(
                 "Value '{n}' at '{}' failed to satisfy constraint: Member must be between {min} and {max}",
                 self.name(name)
             )));
@@ -258,19 +344,19 @@ impl<'a> Params<'a> {
     }
 
     /// A boolean member (`true`/`false`, case-insensitive, as the query protocol sends).
-    pub fn bool(&self, name: &str) -> Result<Option<bool>, ElbError> {
+    pub fn bool(&self, name: &str) -> Result<Option<bool>, QueryError> {
         match self.str(name)? {
             None => Ok(None),
             Some(s) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
             Some(s) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(s) => Err(ElbError::validation(format!(
+            Some(s) => Err(QueryError::validation(format!(
                 "Value '{s}' at '{}' is not a valid boolean (true or false)",
                 self.name(name)
             ))),
         }
     }
 
-    fn list(&self, name: &str) -> Result<Option<&'a Vec<Value>>, ElbError> {
+    fn list(&self, name: &str) -> Result<Option<&'a Vec<Value>>, QueryError> {
         match self.map.get(name) {
             None => Ok(None),
             Some(Value::Array(a)) => Ok(Some(a)),
@@ -279,7 +365,7 @@ impl<'a> Params<'a> {
                 static NONE: Vec<Value> = Vec::new();
                 Ok(Some(&NONE))
             }
-            Some(_) => Err(ElbError::validation(format!(
+            Some(_) => Err(QueryError::validation(format!(
                 "Parameter '{}' must be a list ('{}.member.N').",
                 self.name(name),
                 self.name(name)
@@ -288,7 +374,7 @@ impl<'a> Params<'a> {
     }
 
     /// A list of strings (`Name.member.N`); `None` when absent.
-    pub fn str_list(&self, name: &str) -> Result<Option<Vec<String>>, ElbError> {
+    pub fn str_list(&self, name: &str) -> Result<Option<Vec<String>>, QueryError> {
         let Some(items) = self.list(name)? else {
             return Ok(None);
         };
@@ -297,7 +383,7 @@ impl<'a> Params<'a> {
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.clone()),
-                _ => Err(ElbError::validation(format!(
+                _ => Err(QueryError::validation(format!(
                     "Parameter '{}.member.{}' must be a single value.",
                     self.name(name),
                     i + 1
@@ -309,7 +395,7 @@ impl<'a> Params<'a> {
 
     /// A list of structures (`Name.member.N.Field`); `None` when absent. Each item
     /// is named `Name.member.N` in errors.
-    pub fn struct_list(&self, name: &str) -> Result<Option<Vec<Owned>>, ElbError> {
+    pub fn struct_list(&self, name: &str) -> Result<Option<Vec<Owned>>, QueryError> {
         let Some(items) = self.list(name)? else {
             return Ok(None);
         };
@@ -321,7 +407,7 @@ impl<'a> Params<'a> {
                     map: m.clone(),
                     path: format!("{}.member.{}", self.name(name), i + 1),
                 }),
-                _ => Err(ElbError::validation(format!(
+                _ => Err(QueryError::validation(format!(
                     "Parameter '{}.member.{}' must be a structure.",
                     self.name(name),
                     i + 1
@@ -332,7 +418,7 @@ impl<'a> Params<'a> {
     }
 
     /// A nested structure (`Name.Field`); `None` when absent.
-    pub fn sub(&self, name: &str) -> Result<Option<Owned>, ElbError> {
+    pub fn sub(&self, name: &str) -> Result<Option<Owned>, QueryError> {
         match self.map.get(name) {
             None => Ok(None),
             Some(Value::Object(m)) => Ok(Some(Owned {
@@ -343,7 +429,7 @@ impl<'a> Params<'a> {
                 map: Map::new(),
                 path: self.name(name),
             })),
-            Some(_) => Err(ElbError::validation(format!(
+            Some(_) => Err(QueryError::validation(format!(
                 "Parameter '{}' must be a structure ('{}.Field').",
                 self.name(name),
                 self.name(name)
@@ -374,6 +460,29 @@ impl Owned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn query_requests_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"),
+        );
+        assert!(is_query_request(&h));
+        h.insert(
+            "x-amz-target",
+            HeaderValue::from_static("AmazonEC2ContainerServiceV20141113.ListClusters"),
+        );
+        assert!(!is_query_request(&h));
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-amz-json-1.1"),
+        );
+        assert!(!is_query_request(&h));
+    }
+
     use serde_json::json;
 
     fn tree(body: &str) -> Map<String, Value> {

@@ -16,8 +16,8 @@ use berth_model::elb::{
 };
 use berth_model::{ErrorKind, Tag};
 
-use crate::elbv2_query::Params;
-use crate::elbv2_xml::ElbError;
+use crate::protocol::query::Params;
+use crate::protocol::query::QueryError as ElbError;
 
 type R<T> = Result<T, ElbError>;
 
@@ -1153,7 +1153,7 @@ pub fn conditions(p: &Params<'_>) -> R<Vec<RuleCondition>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::elbv2_query::{decode_form, to_tree};
+    use crate::protocol::query::{decode_form, to_tree};
     use serde_json::{Map, Value};
 
     fn tree(body: &str) -> Map<String, Value> {

@@ -1,4 +1,11 @@
-//! Whole-system benchmarks: `berth bench api`.
+//! Whole-system benchmarks (`berth bench …`) and the simulated agents they drive.
+//!
+//! * `api` (here): the Raft write path through the API, against etcd.
+//! * [`tasks`]: task start through a real agent and containerd.
+//! * [`scheduler`]: placement and delivery to [`simagent`]s at scale.
+//! * [`lb`]: the load balancer against nginx and HAProxy.
+//!
+//! `berth bench api`:
 //!
 //! Starts real `berth server` child processes (this very binary) on free
 //! loopback ports, each in a fresh temp data dir with fsync on, and drives
@@ -11,6 +18,11 @@
 //! Every child is started with `kill_on_drop`, and the whole run sits under
 //! one hard deadline and a ctrl-c handler: when either fires, the run's
 //! future is dropped, which kills the children and removes the temp dirs.
+
+pub mod lb;
+pub mod scheduler;
+pub mod simagent;
+pub mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -50,14 +62,14 @@ pub enum BenchCmd {
     Api(ApiBenchArgs),
     /// RunTask -> RUNNING latency on this machine's containerd against `ctr run -d`, and
     /// the agent's memory.
-    Tasks(crate::bench_tasks::TasksBenchArgs),
+    Tasks(crate::bench::tasks::TasksBenchArgs),
     /// Placement throughput of the pure scheduler (10,000 instances, 1,000,000 tasks) against
     /// a naive sort-per-task, then services placed, committed through Raft on 3 servers and
     /// run by simulated agents speaking the real agent protocol.
-    Scheduler(crate::bench_sched::SchedBenchArgs),
+    Scheduler(crate::bench::scheduler::SchedBenchArgs),
     /// The built-in load balancer under wrk against nginx and HAProxy (same backends,
     /// same worker count), and how fast targets join and leave.
-    Lb(crate::bench_lb::LbBenchArgs),
+    Lb(crate::bench::lb::LbBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -109,9 +121,9 @@ pub struct ApiBenchArgs {
 
 pub async fn run(what: BenchCmd) -> anyhow::Result<()> {
     match what {
-        BenchCmd::Tasks(args) => crate::bench_tasks::run(args).await,
-        BenchCmd::Scheduler(args) => crate::bench_sched::run(args).await,
-        BenchCmd::Lb(args) => crate::bench_lb::run(args).await,
+        BenchCmd::Tasks(args) => crate::bench::tasks::run(args).await,
+        BenchCmd::Scheduler(args) => crate::bench::scheduler::run(args).await,
+        BenchCmd::Lb(args) => crate::bench::lb::run(args).await,
         BenchCmd::Api(args) => {
             let secs = args.deadline_secs;
             // Dropping `api(..)` (deadline or ctrl-c) kills every child
@@ -572,7 +584,7 @@ pub(crate) fn ecs_request(addr: SocketAddr, op: &str, body: &[u8]) -> Request<Fu
         ("Host".to_string(), host),
         ("X-Amz-Target".to_string(), target),
     ];
-    let extra = berth_server::sigv4::sign(
+    let extra = berth_api::sigv4::sign(
         "POST",
         "/",
         "",

@@ -7,7 +7,7 @@
 //!    the same run on the same cluster: a naive placement that filters and sorts every
 //!    instance for every task (what the index is there to avoid).
 //! 2. End to end: `--servers` real `berth server` processes (child processes of this
-//!    binary, fsync on), `--instances` simulated agents ([`crate::simagent`]) speaking the
+//!    binary, fsync on), `--instances` simulated agents ([`crate::bench::simagent`]) speaking the
 //!    real agent protocol over gRPC, and services totalling `--tasks` tasks created through
 //!    the signed ECS API with the same strategies and constraint. The leader's controller
 //!    places them and commits them through Raft; the agents' servers send them down the
@@ -33,8 +33,8 @@ use berth_scheduler::placement::{
 use clap::{ArgAction, Args};
 use serde_json::{json, Value};
 
+use crate::bench::simagent::{self, Fleet, SimConfig};
 use crate::bench::{self, ms, Proc};
-use crate::simagent::{self, Fleet, SimConfig};
 
 /// Every simulated or modelled instance.
 const INSTANCE_CPU: i64 = 4096;

@@ -129,8 +129,8 @@ fn ctr(ns: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
     Ok(out)
 }
 
-async fn dispatch(ctx: &berth_server::api::Ctx, op: &str, body: Value) -> anyhow::Result<Value> {
-    berth_server::ecs::dispatch(ctx, op, &serde_json::to_vec(&body)?)
+async fn dispatch(ctx: &berth_api::Ctx, op: &str, body: Value) -> anyhow::Result<Value> {
+    berth_api::ecs::dispatch(ctx, op, &serde_json::to_vec(&body)?)
         .await
         .map_err(|e| anyhow::anyhow!("{op}: {}", e.message))
 }
@@ -172,14 +172,14 @@ pub async fn run(args: TasksBenchArgs) -> anyhow::Result<()> {
     let valid = cfg.validate().map_err(|e| anyhow::anyhow!(e.join("; ")))?;
     let arn = ArnContext::new(valid.cfg.region.clone(), valid.cfg.account_id.clone());
     let running = crate::start_server(valid.clone(), Instant::now()).await?;
-    berth_server::ecs::ensure_cluster(&running.node, &arn, "bench")
+    berth_api::ecs::ensure_cluster(running.node.as_ref(), &arn, "bench")
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    let ctx = berth_server::api::Ctx {
-        node: running.node.clone(),
-        cfg: berth_server::ApiConfig {
+    let ctx = berth_api::Ctx {
+        cluster: running.node.clone(),
+        cfg: berth_api::ApiConfig {
             ctx: arn.clone(),
-            auth: berth_server::AuthMode::None,
+            auth: berth_api::AuthMode::None,
             keys: Arc::new(Default::default()),
             body_limit: 1 << 20,
         },

@@ -1,4 +1,4 @@
-//! The service controller: runs on the Raft leader only. It reads the store, asks the
+//! The service reconciler: runs on the Raft leader only. It reads the store, asks the
 //! pure scheduler (`berth_scheduler::service::reconcile`) what each service needs,
 //! places the tasks to start (`berth_scheduler::placement`), and proposes the answer as
 //! one `ReconcileService` command per service. It never writes anything itself.
@@ -15,9 +15,9 @@
 //! back-off expiry, grace periods).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_model::ArnContext;
 use berth_model::{
     Attribute, ContainerInstanceRecord, PlacementConstraint, ServiceRecord, TaskDefinition,
     TaskOverride, TaskRecord,
@@ -28,21 +28,26 @@ use berth_scheduler::placement::{
 use berth_scheduler::service::{
     self, Config, Decision, Input, InstanceInfo, LbInfo, LbUnhealthy, Start, TaskInfo,
 };
-use berth_store::{Change, Command, Response, TaskStop};
+use berth_store::{Change, Command, Replica, Response, TaskStop};
 
-use crate::node::ServerNode;
+use berth_store::now_secs;
 
-/// Controller knobs.
+use crate::{propose_checked, Proposed, Reconciler, IDLE_REQUEUE};
+
+/// The service reconciler's knobs.
 #[derive(Debug, Clone)]
-pub struct ControllerSettings {
+pub struct ServiceSettings {
+    /// The region and account of the ARNs of the tasks it starts.
+    pub arn: ArnContext,
     pub scheduler: Config,
     /// How often every service is looked at even without a change.
     pub sweep: Duration,
 }
 
-impl Default for ControllerSettings {
-    fn default() -> Self {
-        ControllerSettings {
+impl ServiceSettings {
+    pub fn new(arn: ArnContext) -> Self {
+        ServiceSettings {
+            arn,
             scheduler: Config::default(),
             sweep: Duration::from_secs(2),
         }
@@ -51,13 +56,6 @@ impl Default for ControllerSettings {
 
 /// At most this many tasks are started by one decision (one Raft entry).
 pub const MAX_STARTS_PER_DECISION: usize = 100;
-
-pub(crate) fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 /// Per-cluster cache of the placement view.
 #[derive(Default)]
@@ -85,36 +83,34 @@ struct State {
     elb_dirty: bool,
 }
 
-/// Runs until `shutdown`; does work only while this server is the leader.
-pub async fn run(
-    node: Arc<ServerNode>,
-    settings: ControllerSettings,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut applied = node.reader.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut state = State::default();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            r = applied.changed() => { if r.is_err() { return; } }
-            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+/// Keeps every ACTIVE or DRAINING service's tasks where the scheduler says.
+pub struct ServiceReconciler {
+    settings: ServiceSettings,
+    state: State,
+}
+
+impl ServiceReconciler {
+    pub fn new(settings: ServiceSettings) -> Self {
+        ServiceReconciler {
+            settings,
+            state: State::default(),
         }
-        if *shutdown.borrow() {
-            return;
-        }
-        if !node.is_leader() {
-            // A follower keeps nothing: a later term starts from the store.
-            state = State::default();
-            continue;
-        }
-        // Coalesce bursts of changes (agent reports) into one pass.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Err(e) = pass(&node, &settings, &mut state).await {
-            tracing::warn!(error = %e, "service controller pass failed");
-            state.revision = None;
-        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for ServiceReconciler {
+    fn name(&self) -> &'static str {
+        "services"
+    }
+
+    fn reset(&mut self) {
+        self.state = State::default();
+    }
+
+    async fn pass(&mut self, replica: &dyn Replica) -> Result<Duration, String> {
+        pass(replica, &self.settings, &mut self.state).await?;
+        Ok(IDLE_REQUEUE)
     }
 }
 
@@ -125,8 +121,8 @@ fn serr<E: std::fmt::Display>(e: E) -> String {
 }
 
 /// Brings the caches up to the current revision and collects what is dirty.
-fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
-    let reader = &node.reader;
+fn refresh(node: &dyn Replica, state: &mut State) -> PassResult {
+    let reader = node.reader();
     let current = reader.revision();
     let changes = match state.revision {
         None => None,
@@ -214,13 +210,16 @@ fn refresh(node: &ServerNode, state: &mut State) -> PassResult {
 }
 
 fn load_node(
-    node: &ServerNode,
+    node: &dyn Replica,
     cluster: &str,
     rec: &ContainerInstanceRecord,
     cache: &mut ClusterCache,
 ) -> PassResult {
     let id = rec.id().to_string();
-    let tasks = node.reader.tasks_on_instance(cluster, &id).map_err(serr)?;
+    let tasks = node
+        .reader()
+        .tasks_on_instance(cluster, &id)
+        .map_err(serr)?;
     cache
         .nodes
         .insert(id.clone(), Node::from_store(rec, &tasks));
@@ -230,18 +229,8 @@ fn load_node(
     Ok(())
 }
 
-async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut State) -> PassResult {
+async fn pass(node: &dyn Replica, settings: &ServiceSettings, state: &mut State) -> PassResult {
     refresh(node, state)?;
-    // Deregistered targets whose delay is over leave their groups, and the tasks they
-    // belonged to are told to stop.
-    if let Some(due) = node.reader.next_drain_deadline().map_err(serr)? {
-        let now = now_secs();
-        if due <= now {
-            if let Err(e) = node.write(Command::ElbSweep { at: now }).await {
-                tracing::debug!(error = %e.message, "ElbSweep failed; retrying");
-            }
-        }
-    }
     let sweep = state
         .last_sweep
         .map(|t| t.elapsed() >= settings.sweep)
@@ -253,7 +242,7 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
     let mut work: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     if std::mem::take(&mut state.elb_dirty) {
         for c in state.clusters.keys() {
-            for s in node.reader.services(c).map_err(serr)? {
+            for s in node.reader().services(c).map_err(serr)? {
                 if !s.service.load_balancers.is_empty()
                     && matches!(s.service.status.as_str(), "ACTIVE" | "DRAINING")
                 {
@@ -265,7 +254,7 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
         }
     }
     for c in std::mem::take(&mut state.dirty_clusters) {
-        for s in node.reader.services(&c).map_err(serr)? {
+        for s in node.reader().services(&c).map_err(serr)? {
             if matches!(s.service.status.as_str(), "ACTIVE" | "DRAINING") {
                 work.entry(c.clone())
                     .or_default()
@@ -293,7 +282,7 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
             })
             .collect();
         for name in names {
-            let Some(rec) = node.reader.service(&cluster, &name).map_err(serr)? else {
+            let Some(rec) = node.reader().service(&cluster, &name).map_err(serr)? else {
                 continue;
             };
             if !matches!(rec.service.status.as_str(), "ACTIVE" | "DRAINING") {
@@ -311,7 +300,7 @@ async fn pass(node: &ServerNode, settings: &ControllerSettings, state: &mut Stat
     Ok(())
 }
 
-fn task_def(node: &ServerNode, state: &mut State, arn: &str) -> Result<TaskDefinition, String> {
+fn task_def(node: &dyn Replica, state: &mut State, arn: &str) -> Result<TaskDefinition, String> {
     if let Some(td) = state.task_defs.get(arn) {
         return Ok(td.clone());
     }
@@ -323,7 +312,7 @@ fn task_def(node: &ServerNode, state: &mut State, arn: &str) -> Result<TaskDefin
         .parse()
         .map_err(|_| format!("bad task definition ARN {arn}"))?;
     let td = node
-        .reader
+        .reader()
         .task_definition(family, rev)
         .map_err(serr)?
         .ok_or_else(|| format!("task definition {arn} not found"))?;
@@ -347,7 +336,7 @@ fn has_health_check(td: &TaskDefinition) -> bool {
 /// balancers, its binding missing, or deregistered by hand) falls back to the rules
 /// without a load balancer, so it can never be stuck "starting" for good.
 fn lb_info(
-    node: &ServerNode,
+    node: &dyn Replica,
     cluster: &str,
     groups: &BTreeSet<String>,
     t: &TaskRecord,
@@ -359,7 +348,7 @@ fn lb_info(
         return Ok(Some(LbInfo::default()));
     }
     let targets = node
-        .reader
+        .reader()
         .elb_targets_of_task(cluster, t.task.id())
         .map_err(serr)?;
     let mut info = LbInfo {
@@ -489,8 +478,8 @@ fn seed_of(s: &str, version: u64) -> u64 {
 
 #[allow(clippy::too_many_arguments)]
 async fn reconcile_one(
-    node: &ServerNode,
-    settings: &ControllerSettings,
+    node: &dyn Replica,
+    settings: &ServiceSettings,
     state: &mut State,
     cluster: &str,
     rec: &ServiceRecord,
@@ -499,7 +488,10 @@ async fn reconcile_one(
 ) -> PassResult {
     let now = now_secs();
     let group = rec.group();
-    let records = node.reader.tasks_of_group(cluster, &group).map_err(serr)?;
+    let records = node
+        .reader()
+        .tasks_of_group(cluster, &group)
+        .map_err(serr)?;
     let mut checked: HashMap<String, bool> = HashMap::new();
     // The service's target groups that exist and that a listener forwards to. A deleted
     // one no longer gates health, nor does one whose listener is gone: it gets neither
@@ -507,7 +499,7 @@ async fn reconcile_one(
     let mut lb_groups = BTreeSet::new();
     for l in &rec.service.load_balancers {
         if let Some(arn) = &l.target_group_arn {
-            let tg = node.reader.elb_target_group(arn).map_err(serr)?;
+            let tg = node.reader().elb_target_group(arn).map_err(serr)?;
             if tg.is_some_and(|g| !g.target_group.load_balancer_arns.is_empty()) {
                 lb_groups.insert(arn.clone());
             }
@@ -605,7 +597,7 @@ async fn reconcile_one(
         let td = task_def(node, state, &td_arn)?;
         let req = request_for(rec, &td, seed)?;
         let td_tags = if rec.service.propagate_tags == "TASK_DEFINITION" {
-            node.reader.tags(&td_arn).map_err(serr)?
+            node.reader().tags(&td_arn).map_err(serr)?
         } else {
             tags.clone()
         };
@@ -628,8 +620,8 @@ async fn reconcile_one(
             }
         }
         for (instance, deployment) in targets {
-            new_tasks.push(crate::ecs_tasks::build_new_task(
-                &node.agent_settings.ctx,
+            new_tasks.push(berth_store::new_task::build(
+                &settings.arn,
                 cluster,
                 &td,
                 &TaskOverride::default(),
@@ -639,6 +631,7 @@ async fn reconcile_one(
                 &launch_type,
                 &instance,
                 rec.service.enable_execute_command,
+                placement::reservation(&td, &TaskOverride::default()),
             ));
         }
     }
@@ -675,7 +668,7 @@ async fn reconcile_one(
     let started = new_tasks.len();
     let stopped = stops.len();
     let cmd = Command::ReconcileService {
-        ctx: node.agent_settings.ctx.clone(),
+        ctx: settings.arn.clone(),
         cluster: cluster.to_string(),
         name: rec.name().to_string(),
         expected_version: rec.version,
@@ -684,8 +677,8 @@ async fn reconcile_one(
         stops,
         at: now,
     };
-    match node.write(cmd).await {
-        Ok(Response::Reconciled { failures, .. }) => {
+    match propose_checked(node, cmd).await? {
+        Proposed::Applied(Response::Reconciled { failures, .. }) => {
             tracing::debug!(
                 cluster,
                 service = rec.name(),
@@ -696,8 +689,7 @@ async fn reconcile_one(
             );
             Ok(())
         }
-        Ok(Response::Conflict) => Ok(()),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.message),
+        Proposed::Conflict => Ok(()),
+        Proposed::Applied(other) => Err(format!("unexpected answer {other:?}")),
     }
 }
