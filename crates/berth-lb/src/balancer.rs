@@ -2,10 +2,8 @@
 //! outlives snapshots, and the choices made per request: which rule, which target
 //! group (by weight), which target (round robin or least outstanding requests,
 //! healthy first, failing open).
-
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use berth_model::elb::{Action, RedirectActionConfig, Rule};
 use bytes::Bytes;
@@ -13,99 +11,8 @@ use hyper::header::HeaderValue;
 use hyper::StatusCode;
 use rand::Rng;
 
-use crate::health::HealthMachine;
 use crate::matching::{priority_key, Condition, RequestView};
-use crate::proxy::Pool;
-use crate::TargetKey;
-
-/// How the proxy treats a target's health when choosing (read lock-free per request).
-pub(crate) const ROUTE_INITIAL: u8 = 0;
-pub(crate) const ROUTE_HEALTHY: u8 = 1;
-pub(crate) const ROUTE_UNHEALTHY: u8 = 2;
-
-/// One registered target. Kept (by [`TargetKey`]) across routing tables while the
-/// target stays in its group, so its counters, health and pooled connections survive
-/// an `apply`.
-pub struct TargetState {
-    pub key: TargetKey,
-    pub addr: SocketAddr,
-    pub registration: u64,
-    pub(crate) draining: AtomicBool,
-    pub(crate) route: AtomicU8,
-    pub(crate) in_flight: AtomicUsize,
-    pub(crate) served: AtomicU64,
-    pub(crate) pool: Pool,
-    pub(crate) hc: Mutex<HealthMachine>,
-    /// Bumped (under `hc`) whenever `apply` stops or replaces this target's checker;
-    /// a checker publishes only while its generation is current, so one that was
-    /// being aborted mid-probe cannot overwrite `draining` or re-add a removed target.
-    pub(crate) checker_gen: AtomicU64,
-}
-
-impl std::fmt::Debug for TargetState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TargetState")
-            .field("key", &self.key)
-            .field("addr", &self.addr)
-            .field("draining", &self.is_draining())
-            .field("in_flight", &self.in_flight())
-            .finish()
-    }
-}
-
-impl TargetState {
-    pub(crate) fn new(
-        key: TargetKey,
-        addr: SocketAddr,
-        registration: u64,
-        route: u8,
-    ) -> Arc<TargetState> {
-        Arc::new(TargetState {
-            key,
-            addr,
-            registration,
-            draining: AtomicBool::new(false),
-            route: AtomicU8::new(route),
-            in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-            pool: Pool::default(),
-            hc: Mutex::new(HealthMachine::new()),
-            checker_gen: AtomicU64::new(0),
-        })
-    }
-    /// Sequentially consistent with [`InFlight::start`]: a request that starts on a target
-    /// while it turns draining either sees the flag (and goes elsewhere) or is counted
-    /// before anyone who saw the flag reads `in_flight` (see `Lb::stats`).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-    fn routable_healthy(&self) -> bool {
-        self.route.load(Ordering::Relaxed) == ROUTE_HEALTHY
-    }
-}
-
-/// Counts a request (and its whole response body, or upgraded connection) against
-/// its target while alive.
-pub(crate) struct InFlight(pub(crate) Arc<TargetState>);
-
-impl InFlight {
-    pub(crate) fn start(t: &Arc<TargetState>) -> InFlight {
-        t.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(t.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use crate::target::TargetState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
@@ -391,12 +298,16 @@ impl ListenerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::ROUTE_HEALTHY;
+    use crate::health::{ROUTE_INITIAL, ROUTE_UNHEALTHY};
+    use crate::target::InFlight;
     use berth_model::elb::{
         FixedResponseActionConfig, ForwardActionConfig, RuleCondition, TargetGroupTuple,
     };
     use hyper::header::HeaderMap;
     use rand::SeedableRng;
     use std::collections::HashMap;
+    use std::net::SocketAddr;
 
     fn target(n: u16) -> Arc<TargetState> {
         TargetState::new(

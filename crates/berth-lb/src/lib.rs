@@ -10,9 +10,14 @@
 #![forbid(unsafe_code)]
 
 pub mod balancer;
+pub mod checker;
 pub mod health;
 pub mod matching;
+pub mod pool;
 pub mod proxy;
+pub mod target;
+
+pub use target::TargetKey;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,9 +30,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::balancer::{Algorithm, GroupTable, ListenerTable, TargetState, ROUTE_HEALTHY};
-use crate::health::{health_check_disabled, CheckSpec, HealthHub, HealthMachine};
+use crate::balancer::{Algorithm, GroupTable, ListenerTable};
+use crate::checker::{CheckSpec, HealthHub};
+use crate::health::ROUTE_HEALTHY;
+use crate::health::{health_check_disabled, HealthMachine};
 use crate::proxy::{ListenerShared, Timeouts};
+use crate::target::TargetState;
 
 /// Everything the proxy needs, built whole from the replicated state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,9 +77,6 @@ pub struct TargetConfig {
     /// task on a reused host port) is a new target, with fresh health and counters.
     pub registration: u64,
 }
-
-/// The identity of a target inside a target group: (target group ARN, id, port).
-pub type TargetKey = (String, String, u16);
 
 #[derive(Debug, Clone)]
 pub struct LbOptions {
@@ -238,7 +243,7 @@ impl Lb {
                     Some(s) if s.addr == t.addr && s.registration == t.registration => s.clone(),
                     _ => {
                         let route = if self.opts.health_checks {
-                            balancer::ROUTE_INITIAL
+                            health::ROUTE_INITIAL
                         } else {
                             ROUTE_HEALTHY
                         };
@@ -250,9 +255,7 @@ impl Lb {
                     // Registered again after a deregistration: health starts over.
                     *state.hc.lock().unwrap_or_else(|e| e.into_inner()) = HealthMachine::new();
                     if self.opts.health_checks {
-                        state
-                            .route
-                            .store(balancer::ROUTE_INITIAL, Ordering::Relaxed);
+                        state.route.store(health::ROUTE_INITIAL, Ordering::Relaxed);
                     }
                 }
                 members.push(state.clone());
@@ -308,7 +311,7 @@ impl Lb {
                                     self.hub.set(&key, &m.health);
                                 });
                                 let generation = state.checker_gen.load(Ordering::Relaxed);
-                                let task = tokio::spawn(health::run_checker(
+                                let task = tokio::spawn(checker::run_checker(
                                     state.clone(),
                                     spec.clone(),
                                     self.hub.clone(),

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_lb::health::{probe, CheckSpec, CodeMatcher, Outcome};
+use berth_lb::checker::{probe, CheckSpec};
+use berth_lb::health::{CodeMatcher, Outcome};
 use berth_lb::{Lb, LbOptions, RoutingConfig, TargetConfig, TargetGroupConfig, TargetKey};
 use berth_model::elb::{Matcher, TargetGroup, TargetGroupRecord, TargetHealth};
 use bytes::Bytes;

@@ -49,7 +49,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-use crate::bench::{free_ports, loopback};
+use crate::bench::harness::{free_ports, loopback};
 
 #[derive(Args, Debug, Clone)]
 pub struct LbBenchArgs {

@@ -33,8 +33,8 @@ use berth_scheduler::placement::{
 use clap::{ArgAction, Args};
 use serde_json::{json, Value};
 
+use crate::bench::harness::{self as bench, ms, Proc};
 use crate::bench::simagent::{self, Fleet, SimConfig};
-use crate::bench::{self, ms, Proc};
 
 /// Every simulated or modelled instance.
 const INSTANCE_CPU: i64 = 4096;

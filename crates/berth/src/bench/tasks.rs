@@ -17,7 +17,7 @@ use berth_model::ArnContext;
 use clap::Args;
 use serde_json::{json, Value};
 
-use crate::bench::{free_ports, ms, percentile, rss_mib};
+use crate::bench::harness::{free_ports, ms, percentile, rss_mib};
 
 #[derive(Args, Debug, Clone)]
 pub struct TasksBenchArgs {
