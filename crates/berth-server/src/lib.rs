@@ -6,10 +6,12 @@
 //! `Replica` trait.
 
 pub mod agent_service;
+pub mod cluster_port;
 pub mod http;
 pub mod lb_runtime;
 pub mod network;
 pub mod node;
+pub mod sessions;
 
 pub use berth_api::{ApiConfig, AuthMode};
 pub use node::{NodeConfig, ServerNode};

@@ -8,8 +8,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use berth_model::ApiError;
-use berth_proto::raft::cluster_server::{Cluster, ClusterServer};
-use berth_proto::raft::raft_server::{Raft as RaftSvc, RaftServer};
+use berth_proto::raft::cluster_server::Cluster;
+use berth_proto::raft::raft_server::Raft as RaftSvc;
 use berth_proto::raft::{Empty, JoinRequest, Payload, Reply};
 use berth_store::{Command, Node, NodeId, Raft, Request, Response, StateReader, StoreOptions};
 use openraft::error::{ClientWriteError, RaftError};
@@ -52,7 +52,7 @@ pub struct NodeConfig {
     /// How long a write or read waits for a leader before giving up.
     pub leader_wait: Duration,
     /// Admission and liveness of agents (served on the same gRPC port).
-    pub agents: crate::agent_service::AgentSettings,
+    pub agents: crate::sessions::AgentSettings,
 }
 
 impl NodeConfig {
@@ -70,7 +70,7 @@ impl NodeConfig {
             snapshot_every: 5000,
             logs_kept_after_snapshot: 1000,
             leader_wait: Duration::from_secs(15),
-            agents: crate::agent_service::AgentSettings::new(berth_model::ArnContext::new(
+            agents: crate::sessions::AgentSettings::new(berth_model::ArnContext::new(
                 "us-east-1",
                 "123456789012",
             )),
@@ -88,9 +88,9 @@ pub struct ServerNode {
     membership_lock: Mutex<()>,
     leader_wait: Duration,
     writes: mpsc::Sender<PendingWrite>,
-    pub agent_settings: crate::agent_service::AgentSettings,
+    pub agent_settings: crate::sessions::AgentSettings,
     /// The agent sessions held by this server.
-    pub hub: crate::agent_service::Hub,
+    pub hub: crate::sessions::Hub,
 }
 
 fn server_err(e: impl std::fmt::Display) -> ApiError {
@@ -106,11 +106,9 @@ pub struct LeaderInfo {
 }
 
 impl ServerNode {
-    /// Opens the store, starts openraft and the gRPC server. Does not bootstrap or join.
-    pub async fn start(
-        cfg: NodeConfig,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<Arc<Self>> {
+    /// Opens the store and starts openraft (its network is the cluster port, which
+    /// [`ServerNode::start`] serves).
+    pub(crate) async fn open(cfg: &NodeConfig) -> anyhow::Result<Arc<Self>> {
         let opened = berth_store::open(
             &cfg.data_dir,
             &StoreOptions {
@@ -165,38 +163,6 @@ impl ServerNode {
             hub: Default::default(),
         });
         tokio::spawn(batcher(Arc::downgrade(&node), writes_rx));
-
-        let listener = tokio::net::TcpListener::bind(cfg.raft_listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("bind raft address {}: {e}", cfg.raft_listen))?;
-        // Raft and forwarding are small request/response messages: without TCP_NODELAY on the
-        // accepted side, Nagle plus delayed ACKs add ~40 ms to every round trip.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let svc = GrpcService { node: node.clone() };
-        let agent_svc = crate::agent_service::service(node.clone());
-        let mut shutdown = shutdown;
-        tokio::spawn(async move {
-            let res = tonic::transport::Server::builder()
-                .add_service(
-                    RaftServer::new(svc.clone())
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(64 << 20),
-                )
-                .add_service(agent_svc)
-                .add_service(
-                    ClusterServer::new(svc)
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(64 << 20),
-                )
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = shutdown.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "raft gRPC server stopped");
-            }
-        });
         Ok(node)
     }
 
@@ -488,11 +454,9 @@ impl ServerNode {
             let call = client.agent_logs(Payload {
                 data: payload.clone(),
             });
-            let Ok(Ok(reply)) = tokio::time::timeout(
-                crate::agent_service::LOGS_TIMEOUT + Duration::from_secs(1),
-                call,
-            )
-            .await
+            let Ok(Ok(reply)) =
+                tokio::time::timeout(crate::sessions::LOGS_TIMEOUT + Duration::from_secs(1), call)
+                    .await
             else {
                 continue;
             };
@@ -588,8 +552,8 @@ async fn batcher(node: Weak<ServerNode>, mut rx: mpsc::Receiver<PendingWrite>) {
 }
 
 #[derive(Clone)]
-struct GrpcService {
-    node: Arc<ServerNode>,
+pub(crate) struct GrpcService {
+    pub(crate) node: Arc<ServerNode>,
 }
 
 fn reply_json<T: serde::Serialize>(v: &T) -> Result<tonic::Response<Reply>, tonic::Status> {

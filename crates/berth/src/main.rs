@@ -388,7 +388,7 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         Some(t) => t.clone(),
         None => load_or_create_join_token(&cfg.data_dir)?,
     };
-    let mut agents = berth_server::agent_service::AgentSettings::new(ArnContext::new(
+    let mut agents = berth_server::sessions::AgentSettings::new(ArnContext::new(
         cfg.region.clone(),
         cfg.account_id.clone(),
     ));
