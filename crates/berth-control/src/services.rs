@@ -183,7 +183,10 @@ fn refresh(node: &dyn Replica, state: &mut State) -> PassResult {
                 Change::Elb | Change::ElbHealth => {
                     state.elb_dirty = true;
                 }
-                Change::Membership | Change::TaskDefinition { .. } | Change::Tags { .. } => {}
+                Change::Membership
+                | Change::TaskDefinition { .. }
+                | Change::Tags { .. }
+                | Change::JoinToken { .. } => {}
             }
         }
     }

@@ -85,6 +85,7 @@ async fn register_instance(replica: &MemoryReplica, id: &str, at: f64) {
             ctx: arn(),
             hello,
             at,
+            token: None,
         })
         .await
         .unwrap();

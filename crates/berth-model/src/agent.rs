@@ -15,7 +15,7 @@ use crate::types::{Attribute, TaskDefinition};
 /// Version of this protocol; a server refuses agents of another major version.
 pub const AGENT_PROTOCOL_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceResources {
     /// CPU units, 1024 per core.
@@ -27,7 +27,7 @@ pub struct InstanceResources {
     pub ports_udp: Vec<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
     pub protocol_version: u32,

@@ -11,6 +11,7 @@ pub mod paging;
 pub mod service;
 pub mod task;
 pub mod taskdef;
+pub mod token;
 pub mod types;
 pub mod validate;
 

@@ -422,6 +422,9 @@ pub struct ContainerInstanceRecord {
     pub last_seen: f64,
     /// Attributes put with PutAttributes (kept across re-registration; ≤10).
     pub custom_attributes: Vec<Attribute>,
+    /// The join token the machine joined with (its agent reconnects with it; revoking
+    /// it ends the machine's session).
+    pub join_token_id: Option<String>,
 }
 
 impl ContainerInstanceRecord {

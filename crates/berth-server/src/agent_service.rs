@@ -23,6 +23,7 @@ use std::time::Duration;
 use berth_model::agent::{
     AgentMessage, DesiredTask, Hello, ServerMessage, TaskReport, AGENT_PROTOCOL_VERSION,
 };
+use berth_model::token::TokenKind;
 use berth_model::{TaskDefinition, TaskRecord};
 use berth_proto::agent::agent_session_server::{AgentSession, AgentSessionServer};
 use berth_proto::agent::Frame;
@@ -105,15 +106,6 @@ fn err(code: &'static str, message: impl Into<String>) -> SessionError {
 fn decode(frame: &Frame) -> Result<AgentMessage, SessionError> {
     serde_json::from_slice(&frame.data)
         .map_err(|e| err("BadMessage", format!("undecodable agent message: {e}")))
-}
-
-/// Constant-time comparison of join tokens.
-fn token_matches(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Task definitions a session has read (immutable but for their status, which agents do
@@ -206,19 +198,29 @@ async fn run_session(
             ),
         ));
     }
-    match &settings.join_token {
-        Some(t) if token_matches(t, &hello.join_token) => {}
-        Some(_) => return Err(err(
-            "AccessDenied",
-            "the join token is wrong: use the token the servers were started with (--join-token)",
-        )),
-        None => {
-            return Err(err(
-                "AccessDenied",
-                "this server accepts no agents: it has no join token configured",
-            ))
+    let rejoining = node
+        .reader
+        .container_instance(&hello.cluster, &hello.instance_id)
+        .ok()
+        .flatten()
+        .is_some_and(|ci| ci.status() != "INACTIVE");
+    let token_id = match berth_store::tokens::check_presented(
+        &node.reader,
+        settings.join_token.as_deref(),
+        &hello.join_token,
+        TokenKind::Agent,
+        now_secs(),
+        !rejoining,
+    ) {
+        Ok(id) => id,
+        Err(refusal) => {
+            tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %refusal, "agent refused");
+            return Err(err("AccessDenied", refusal.to_string()));
         }
-    }
+    };
+    let mut hello = hello;
+    // The token's secret stays out of the Raft log.
+    hello.join_token = String::new();
     let cluster = hello.cluster.clone();
     let instance_id = hello.instance_id.clone();
     let resp = node
@@ -226,6 +228,7 @@ async fn run_session(
             ctx: settings.ctx.clone(),
             hello: hello.clone(),
             at: now_secs(),
+            token: Some(token_id.clone()),
         })
         .await
         .map_err(|e| err("RegisterFailed", e.message.clone()))?;
@@ -410,6 +413,11 @@ async fn run_session(
                 }
             }
             _ = refresh.tick() => {
+                // A revoked token ends the sessions it admitted (within one interval).
+                if node.reader.join_token(&token_id).ok().flatten().is_some_and(|t| t.revoked_at.is_some()) {
+                    tracing::warn!(peer, cluster, instance_id, token = token_id, "join token revoked: ending the agent's session");
+                    break Err(err("AccessDenied", format!("join token {token_id} was revoked")));
+                }
                 // Keep `last_seen` fresh in the store so the leader knows this agent lives,
                 // whichever server it is connected to. Committed aside, so a slow commit
                 // never holds up the session; one at a time.

@@ -4,10 +4,12 @@
 //! authorized by the cluster's join token).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{error_response, respond};
+use berth_model::token::TokenKind;
 use berth_model::{ApiError, ErrorKind};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -47,7 +49,7 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+                    async move { Ok::<_, Infallible>(handle(ctx, req, peer).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -72,12 +74,17 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn handle(ctx: Arc<Front>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    ctx: Arc<Front>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let peer = peer.to_string();
     let rid = request_id();
     if req.method() == Method::GET {
         return match req.uri().path() {
             "/healthz" => health(&ctx, &rid),
-            "/berth/lb/config" => lb_config(&ctx, &req, &rid).await,
+            "/berth/lb/config" => lb_config(&ctx, &req, &rid, &peer).await,
             "/status" => respond(
                 200,
                 "application/json",
@@ -94,7 +101,7 @@ async fn handle(ctx: Arc<Front>, req: Request<Incoming>) -> Response<Full<Bytes>
         };
     }
     if req.method() == Method::POST && req.uri().path() == "/berth/lb/report" {
-        return lb_report(&ctx, req, &rid).await;
+        return lb_report(&ctx, req, &rid, &peer).await;
     }
     berth_api::handle(&ctx.api, req, &rid).await
 }
@@ -116,21 +123,29 @@ fn health(ctx: &Front, rid: &str) -> Response<Full<Bytes>> {
     )
 }
 
-/// Whether the request carries the cluster's join token (`Authorization: Bearer <token>`),
-/// as agents and `berth lb` edge nodes do.
-fn join_token_ok(ctx: &Front, req: &Request<Incoming>) -> bool {
+/// Whether the request carries a join token that admits a `berth lb` edge node
+/// (`Authorization: Bearer <token>`): an lb token, or the servers' own `--join-token`.
+/// Checked on every request, so a revoked or expired token stops working at once.
+fn join_token_ok(ctx: &Front, req: &Request<Incoming>, peer: &str) -> bool {
     let given = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    match &ctx.node.agent_settings.join_token {
-        Some(t) => {
-            let (a, b) = (t.as_bytes(), given.as_bytes());
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    match berth_store::tokens::check_presented(
+        &ctx.node.reader,
+        ctx.node.agent_settings.join_token.as_deref(),
+        given,
+        TokenKind::Lb,
+        berth_store::now_secs(),
+        true,
+    ) {
+        Ok(_) => true,
+        Err(refusal) => {
+            tracing::warn!(peer, reason = %refusal, "load balancer feed refused");
+            false
         }
-        None => true,
     }
 }
 
@@ -138,7 +153,7 @@ fn no_join_token(rid: &str) -> Response<Full<Bytes>> {
     respond(
         403,
         "application/json",
-        br#"{"message":"berth lb needs the cluster's join token (--join-token)"}"#.to_vec(),
+        br#"{"message":"berth lb needs a join token of kind lb (berth token create --kind lb) or the servers' --join-token"}"#.to_vec(),
         rid,
     )
 }
@@ -146,8 +161,13 @@ fn no_join_token(rid: &str) -> Response<Full<Bytes>> {
 /// `GET /berth/lb/config?after=REV`, for `berth lb` edge nodes: the whole ELB state as
 /// JSON, long-polled (answers when it changed after REV, or after 25 s). Authorized by
 /// the cluster's join token.
-async fn lb_config(ctx: &Front, req: &Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
-    if !join_token_ok(ctx, req) {
+async fn lb_config(
+    ctx: &Front,
+    req: &Request<Incoming>,
+    rid: &str,
+    peer: &str,
+) -> Response<Full<Bytes>> {
+    if !join_token_ok(ctx, req, peer) {
         return no_join_token(rid);
     }
     let after = req.uri().query().and_then(|q| {
@@ -168,13 +188,18 @@ async fn lb_config(ctx: &Front, req: &Request<Incoming>, rid: &str) -> Response<
 
 /// `POST /berth/lb/report` from `berth lb` edge nodes: `{"node", "idle": [DrainIdle]}`,
 /// written as an `ElbDrainReport` (see `lb_runtime`). Authorized by the join token.
-async fn lb_report(ctx: &Front, req: Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+async fn lb_report(
+    ctx: &Front,
+    req: Request<Incoming>,
+    rid: &str,
+    peer: &str,
+) -> Response<Full<Bytes>> {
     #[derive(serde::Deserialize)]
     struct Report {
         node: String,
         idle: Vec<berth_model::elb::DrainIdle>,
     }
-    if !join_token_ok(ctx, &req) {
+    if !join_token_ok(ctx, &req, peer) {
         return no_join_token(rid);
     }
     let bytes = match http_body_util::Limited::new(req.into_body(), 4 << 20)

@@ -367,6 +367,7 @@ mod tests {
                     ctx: ctx(),
                     hello: hello(id),
                     at: 100.0,
+                    token: None,
                 })
                 .await;
             }

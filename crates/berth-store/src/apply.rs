@@ -80,9 +80,14 @@ pub fn apply<R: KvRead + ?Sized>(
             target,
             keys: tag_keys,
         } => crate::tags::untag_resource(st, arn, target, tag_keys),
-        Command::RegisterContainerInstance { ctx, hello, at } => {
-            crate::tasks::register_container_instance(st, ctx, hello, *at)
-        }
+        Command::RegisterContainerInstance {
+            ctx,
+            hello,
+            at,
+            token,
+        } => crate::tasks::register_container_instance(st, ctx, hello, *at, token.as_deref()),
+        Command::CreateJoinToken { token } => crate::tokens::create_join_token(st, token),
+        Command::RevokeJoinToken { id, at } => crate::tokens::revoke_join_token(st, id, *at),
         Command::SetAgentConnected {
             cluster,
             instance_id,

@@ -160,6 +160,11 @@ pub enum Command {
         ctx: ArnContext,
         hello: berth_model::agent::Hello,
         at: f64,
+        /// The join token the agent presented (its secret checked by the server, never
+        /// in the log). A new machine (or one deregistered before) consumes one use and
+        /// is refused if the token expired, was revoked or is used up.
+        #[serde(default)]
+        token: Option<String>,
     },
     /// The agent's session opened or closed (unknown or INACTIVE instance: no-op).
     #[serde(rename_all = "camelCase")]
@@ -364,6 +369,12 @@ pub enum Command {
     /// ELBv2 RemoveTags on one resource.
     #[serde(rename_all = "camelCase")]
     RemoveElbTags { arn: String, keys: Vec<String> },
+    /// A new join token (its id must be new).
+    CreateJoinToken {
+        token: berth_model::token::JoinToken,
+    },
+    /// Revokes a join token; revoking [`berth_model::token::LEGACY_TOKEN_ID`] records it.
+    RevokeJoinToken { id: String, at: f64 },
 }
 
 /// One task to create, fully decided by the API layer (id, placement, containers).
@@ -451,6 +462,8 @@ impl Command {
             Command::ElbDrainReport { .. } => "ElbDrainReport",
             Command::AddElbTags { .. } => "AddElbTags",
             Command::RemoveElbTags { .. } => "RemoveElbTags",
+            Command::CreateJoinToken { .. } => "CreateJoinToken",
+            Command::RevokeJoinToken { .. } => "RevokeJoinToken",
         }
     }
 }
@@ -526,6 +539,9 @@ pub enum Response {
     Rules {
         rules: Vec<Rule>,
     },
+    JoinToken {
+        token: Box<berth_model::token::JoinToken>,
+    },
     /// A deterministic refusal: nothing was written.
     Error {
         error: ApiError,
@@ -564,6 +580,10 @@ pub enum Change {
     },
     /// Any ELBv2 object (load balancer, listener, rule, target group, target) changed.
     Elb,
+    /// A join token was created, used or revoked.
+    JoinToken {
+        id: String,
+    },
     /// Only the stored health of targets changed (SetTargetHealth): the controller acts
     /// on it; load balancer nodes, which check health themselves, ignore it.
     ElbHealth,

@@ -253,6 +253,7 @@ fn ecs() -> Map {
             ctx: ctx(),
             hello: hello("i1", "10.0.0.7"),
             at: 100.0,
+            token: None,
         },
     ));
     s
@@ -1974,6 +1975,7 @@ fn targets_follow_an_instance_that_comes_back_with_a_new_address() {
             ctx: ctx(),
             hello: hello("i1", "10.0.0.9"),
             at: 400.0,
+            token: None,
         },
     );
     assert!(
@@ -1993,6 +1995,7 @@ fn targets_follow_an_instance_that_comes_back_with_a_new_address() {
             ctx: ctx(),
             hello: hello("i1", "10.0.0.9"),
             at: 401.0,
+            token: None,
         },
     );
     assert!(!changes.contains(&Change::Elb), "{changes:?}");

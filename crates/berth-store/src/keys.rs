@@ -21,6 +21,7 @@ pub const TASK_INDEX: &[u8] = b"tx\0";
 pub const CLIENT_TOKEN: &[u8] = b"tok\0";
 /// `svc\0{cluster}\0{name}` -> ServiceRecord (one per name, any status).
 pub const SERVICE: &[u8] = b"svc\0";
+pub const JOIN_TOKEN: &[u8] = b"jt\0";
 pub const META_LAST_APPLIED: &[u8] = b"m\0last_applied";
 pub const META_MEMBERSHIP: &[u8] = b"m\0membership";
 
@@ -146,6 +147,10 @@ pub fn client_token(cluster: &str, token: &str) -> Vec<u8> {
 }
 
 /// All services of a cluster: `svc\0{cluster}\0`.
+pub fn join_token(id: &str) -> Vec<u8> {
+    [JOIN_TOKEN, id.as_bytes()].concat()
+}
+
 pub fn service_prefix(cluster: &str) -> Vec<u8> {
     let mut k = join(SERVICE, &[cluster.as_bytes()]);
     k.push(0);

@@ -36,6 +36,7 @@ pub mod task_definitions;
 pub mod tasks;
 #[cfg(test)]
 mod test_util;
+pub mod tokens;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -469,6 +470,17 @@ impl StateReader {
 
     /// When the next `ElbSweep` has work (a draining target or task whose deadline
     /// passes), if ever: the controller proposes `ElbSweep { at }` at or after it.
+    pub fn join_token(
+        &self,
+        id: &str,
+    ) -> Result<Option<berth_model::token::JoinToken>, StoreError> {
+        tokens::load(&self.sm, id)
+    }
+
+    pub fn join_tokens(&self) -> Result<Vec<berth_model::token::JoinToken>, StoreError> {
+        tokens::list(&self.sm)
+    }
+
     pub fn next_drain_deadline(&self) -> Result<Option<f64>, StoreError> {
         elb::next_drain_deadline(&self.sm)
     }

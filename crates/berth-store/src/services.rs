@@ -302,6 +302,7 @@ mod tests {
                 ctx: ctx(),
                 hello,
                 at: 100.0,
+                token: None,
             },
         );
         assert!(matches!(r, Response::ContainerInstance { .. }), "{r:?}");

@@ -293,6 +293,7 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
     ctx: &ArnContext,
     hello: &Hello,
     at: f64,
+    token: Option<&str>,
 ) -> Result<Response, StoreError> {
     let cluster = hello.cluster.as_str();
     match st.get_json::<Cluster>(&keys::cluster(cluster))? {
@@ -306,6 +307,17 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
         )));
     }
     let existing = load_instance(st, cluster, id)?;
+    let rejoining = existing.as_ref().is_some_and(|e| e.status() != "INACTIVE");
+    let join_token_id = match token {
+        Some(t) if !rejoining => {
+            if let Err(e) = crate::tokens::consume(st, t, at)? {
+                return Ok(err(ApiError::new(ErrorKind::AccessDeniedException, e)));
+            }
+            Some(t.to_string())
+        }
+        Some(t) => Some(t.to_string()),
+        None => existing.as_ref().and_then(|e| e.join_token_id.clone()),
+    };
     let custom = existing
         .as_ref()
         .map(|e| e.custom_attributes.clone())
@@ -352,6 +364,7 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
         hostname: hello.hostname.clone(),
         last_seen: at,
         custom_attributes: custom,
+        join_token_id,
     };
     put_instance(st, cluster, &rec)?;
     if existing.as_ref().is_some_and(|e| e.host_ip != rec.host_ip) {
@@ -1072,6 +1085,7 @@ mod tests {
                 ctx: ctx(),
                 hello: hello(id),
                 at: 100.0,
+                token: None,
             },
         ) {
             Response::ContainerInstance { container_instance } => *container_instance,
@@ -1234,6 +1248,7 @@ mod tests {
                 ctx: ctx(),
                 hello: h,
                 at: 1.0,
+                token: None,
             },
         );
         assert_eq!(error_of(&r).kind, ErrorKind::ClusterNotFoundException);
@@ -1273,6 +1288,7 @@ mod tests {
                 ctx: ctx(),
                 hello: h,
                 at: 300.0,
+                token: None,
             },
         ) {
             Response::ContainerInstance { container_instance } => *container_instance,
@@ -1865,6 +1881,7 @@ mod tests {
                 ctx: ctx(),
                 hello: hello("i1"),
                 at: 1.0,
+                token: None,
             },
             Command::RunTasks {
                 ctx: ctx(),

@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod dev;
 mod lbcmd;
+mod tokencmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,11 @@ enum Cmd {
     },
     /// Print a task's container output (on the machine that runs it).
     Logs(agentcmd::LogsArgs),
+    /// The cluster's join tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        what: tokencmd::TokenCmd,
+    },
     /// The log driver containerd's shim runs for berth's containers (not for people).
     #[command(hide = true)]
     LogDriver {
@@ -277,6 +283,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Bench { what } => bench::run(what).await,
             Cmd::Agent(args) => agentcmd::run(args).await,
             Cmd::Logs(args) => agentcmd::logs_via_api(args).await,
+            Cmd::Token { what } => tokencmd::run(what).await,
             Cmd::Image {
                 what: ImageCmd::Import(args),
             } => agentcmd::import(args).await,

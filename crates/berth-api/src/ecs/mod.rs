@@ -4,6 +4,7 @@
 pub mod clusters;
 mod common;
 pub mod container_instances;
+pub mod join_tokens;
 pub mod services;
 pub mod tags;
 pub mod task_definitions;
@@ -49,6 +50,9 @@ pub async fn dispatch(ctx: &Ctx, op: &str, body: &[u8]) -> Result<Value, ApiErro
         "TagResource" => tags::tag_resource(ctx, parse(body)?).await,
         "UntagResource" => tags::untag_resource(ctx, parse(body)?).await,
         "GetTaskLogs" => tasks::get_task_logs(ctx, parse(body)?).await,
+        "CreateJoinToken" => join_tokens::create_join_token(ctx, parse(body)?).await,
+        "ListJoinTokens" => join_tokens::list_join_tokens(ctx, parse(body)?).await,
+        "RevokeJoinToken" => join_tokens::revoke_join_token(ctx, parse(body)?).await,
         "ListTagsForResource" => tags::list_tags_for_resource(ctx, parse(body)?).await,
         "DescribeContainerInstances" => {
             container_instances::describe_container_instances(ctx, parse(body)?).await

@@ -1,0 +1,143 @@
+"""Join tokens: `berth token create|list|revoke`, and what a machine presenting one gets.
+
+One server (`--agent-heartbeat-timeout 3s`, so sessions check their token every second)
+and real `berth agent` processes on the local containerd. Every refusal is asserted as
+the agent prints it (the agent exits: a refused token is not retried) and as the server
+logs it with the peer's address; a refused machine never shows up as a container
+instance. The load balancer feed (`GET /berth/lb/config`) takes lb tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import berth_harness as h
+
+
+@pytest.fixture(scope="module")
+def server(containerd):
+    node, cluster = h.start_agent_server(extra_args=["--agent-heartbeat-timeout", "3s"])
+    agents: list[h.AgentProcess] = []
+    try:
+        yield node, cluster, agents
+    finally:
+        for a in agents:
+            a.cleanup()
+        node.cleanup()
+
+
+def token(node: h.BerthNode, *args: str) -> str:
+    return h.berth("token", "create", "--quiet", *args, node=node).stdout.strip()
+
+
+def tokens(node: h.BerthNode) -> dict[str, list[str]]:
+    out = h.berth("token", "list", node=node).stdout.splitlines()
+    assert out[0].split()[:5] == ["ID", "KIND", "EXPIRES", "USES", "REVOKED"], out
+    return {line.split()[0]: line.split() for line in out[1:]}
+
+
+def agent(server, tok: str, name: str) -> h.AgentProcess:
+    node, cluster, agents = server
+    a = h.AgentProcess(node, cluster, name=name, join_token=tok)
+    agents.append(a)
+    return a.start()
+
+
+def refused(a: h.AgentProcess, node: h.BerthNode, reason: str) -> None:
+    """The agent exits non-zero saying `reason`, and never became a container instance."""
+    h.wait_until(lambda: not a.alive(), 30, f"{a} to exit after its refusal",
+                 on_timeout=lambda: h.tail(a.log_text()))
+    assert a.proc.returncode != 0
+    log = a.log_text()
+    assert "the cluster refused this agent: AccessDenied" in log and reason in log, h.tail(log)
+    assert a.container_instance(node) is None
+    assert "agent refused" in node.log_text() and reason in node.log_text()
+
+
+def lb_feed(node: h.BerthNode, tok: str) -> int:
+    req = urllib.request.Request(f"{node.endpoint}/berth/lb/config",
+                                 headers={"Authorization": f"Bearer {tok}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
+    node, cluster, _ = server
+    one = token(node, "--kind", "agent", "--ttl", "1h", "--max-uses", "1", "--description", "rack 1")
+    one_id = one.split(".")[0]
+    assert tokens(node)[one_id][1:4] == ["agent", "in", "60m"] and tokens(node)[one_id][4] == "0/1"
+
+    a = agent(server, one, "tok-a")
+    a.wait_connected(node, timeout=60)
+    assert tokens(node)[one_id][4] == "1/1"
+
+    # Its one use is spent: a second machine is refused; so is a wrong secret.
+    refused(agent(server, one, "tok-b"), node, f"join token {one_id} was already used 1 times, its limit")
+    refused(agent(server, f"{one_id}.{'x' * 32}", "tok-c"), node, f"the secret of join token {one_id} is wrong")
+    refused(agent(server, "not-a-token", "tok-d"), node, "is not a berth join token")
+
+    # The machine that joined reconnects with it (its use is not spent again).
+    a.restart()
+    a.wait_connected(node, timeout=60)
+
+    # Kind and expiry.
+    lb = token(node, "--kind", "lb")
+    refused(agent(server, lb, "tok-e"), node, f"join token {lb.split('.')[0]} is for lb nodes, not agent nodes")
+    short = token(node, "--kind", "agent", "--ttl", "1s")
+    expires = time.time() + 1
+    h.wait_until(lambda: time.time() > expires + 0.2, 5, "the 1 s token to expire")
+    refused(agent(server, short, "tok-f"), node, f"join token {short.split('.')[0]} has expired")
+
+    # Revoking ends the session it admitted within a heartbeat interval, and for good.
+    h.berth("token", "revoke", one_id, node=node)
+    h.wait_until(lambda: not a.alive(), 15, f"{a} to be cut off after its token was revoked",
+                 on_timeout=lambda: h.tail(a.log_text()))
+    assert f"join token {one_id} was revoked" in a.log_text()
+    a.wait_disconnected(node, timeout=15)
+    assert tokens(node)[one_id][6] == "ago", tokens(node)[one_id]  # REVOKED: "<n>s ago"
+
+    # Bad input: a clear error, nothing created.
+    before = set(tokens(node))
+    for args, msg in [(["--kind", "admin"], "token kind must be agent or lb, not 'admin'"),
+                      (["--kind", "server"], "server join tokens are not available yet"),
+                      (["--kind", "agent", "--ttl", "1w"], "not '1w'"),
+                      (["--kind", "lb", "--max-uses", "2"], "an lb token takes no maxUses")]:
+        p = h.berth("token", "create", *args, node=node, expect_rc=1)
+        assert msg in p.stderr, p.stderr
+    p = h.berth("token", "revoke", "zzzz9999", node=node, expect_rc=1)
+    assert "ResourceNotFoundException" in p.stderr and "zzzz9999" in p.stderr, p.stderr
+    assert set(tokens(node)) == before
+
+    # The load balancer feed takes lb tokens (and the servers' own), nothing else.
+    assert lb_feed(node, lb) == 200
+    assert lb_feed(node, h.JOIN_TOKEN) == 200
+    assert lb_feed(node, short) == 403
+    h.berth("token", "revoke", lb.split(".")[0], node=node)
+    assert lb_feed(node, lb) == 403
+
+    # No token secret is anywhere in the server's data: only hashes are kept.
+    blob = b"".join(p.read_bytes() for p in Path(node.data_dir).rglob("*") if p.is_file()
+                    and p.name != "join-token")
+    assert one_id.encode() in blob, "the scan must see the stored tokens"
+    for secret in (one.split(".")[1], lb.split(".")[1], h.JOIN_TOKEN):
+        assert secret.encode() not in blob, f"a token secret ({secret[:4]}…) is stored in the clear"
+
+
+def test_the_servers_own_token_works_until_revoked(server):
+    node, _, _ = server
+    legacy = agent(server, h.JOIN_TOKEN, "tok-legacy")
+    legacy.wait_connected(node, timeout=60)
+    assert tokens(node)["legacy"][1] == "agent"
+    h.berth("token", "revoke", "legacy", node=node)
+    h.wait_until(lambda: not legacy.alive(), 15, f"{legacy} to be cut off after `revoke legacy`",
+                 on_timeout=lambda: h.tail(legacy.log_text()))
+    assert "join token legacy was revoked" in legacy.log_text()
+    refused(agent(server, h.JOIN_TOKEN, "tok-legacy2"), node, "join token legacy was revoked")
