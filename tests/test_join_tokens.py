@@ -9,6 +9,7 @@ instance. The load balancer feed (`GET /berth/lb/config`) takes lb tokens.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
@@ -48,15 +49,23 @@ def agent(server, tok: str, name: str) -> h.AgentProcess:
     return a.start()
 
 
-def refused(a: h.AgentProcess, node: h.BerthNode, reason: str) -> None:
-    """The agent exits non-zero saying `reason`, and never became a container instance."""
+def tokens_json(node: h.BerthNode) -> dict[str, dict]:
+    return {t["id"]: t for t in h.call(node, "ListJoinTokens", {}).json["joinTokens"]}
+
+
+def refused(a: h.AgentProcess, node: h.BerthNode, reason: str, registered_before: bool = False) -> None:
+    """The agent exits non-zero saying `reason`, the server logs the refusal with the
+    peer's address, and (unless it was registered before) no container instance exists."""
     h.wait_until(lambda: not a.alive(), 30, f"{a} to exit after its refusal",
                  on_timeout=lambda: h.tail(a.log_text()))
     assert a.proc.returncode != 0
     log = a.log_text()
     assert "the cluster refused this agent: AccessDenied" in log and reason in log, h.tail(log)
-    assert a.container_instance(node) is None
-    assert "agent refused" in node.log_text() and reason in node.log_text()
+    if not registered_before:
+        assert a.container_instance(node) is None
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", node.log_text())
+    lines = [l for l in plain.splitlines() if "agent refused" in l and reason in l]
+    assert lines and 'peer="127.0.0.1:' in lines[-1], lines
 
 
 def lb_feed(node: h.BerthNode, tok: str) -> int:
@@ -85,7 +94,23 @@ def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
     refused(agent(server, "not-a-token", "tok-d"), node, "is not a berth join token")
 
     # The machine that joined reconnects with it (its use is not spent again).
+    registered = node.log_text().count("agent registered")
     a.restart()
+    h.wait_until(lambda: node.log_text().count("agent registered") > registered, 60,
+                 f"{a} to register again after its restart", on_timeout=lambda: h.tail(a.log_text()))
+    a.wait_connected(node, timeout=60)
+    assert tokens(node)[one_id][4] == "1/1"
+    # A registered machine's id with another token is a new machine's: refused here.
+    other = token(node, "--kind", "agent", "--ttl", "1s")
+    h.wait_until(lambda: float(tokens_json(node)[other.split(".")[0]]["expiresAt"]) < time.time(), 5,
+                 "the 1 s token to expire")
+    b = h.AgentProcess(node, cluster, name="tok-a", join_token=other)
+    b.id = a.id  # the same test attribute, to find its container instance
+    b.data_dir = a.data_dir
+    a.stop()
+    server[2].append(b)
+    refused(b.start(), node, f"join token {other.split('.')[0]} has expired", registered_before=True)
+    a.start()
     a.wait_connected(node, timeout=60)
 
     # Kind and expiry.
@@ -120,6 +145,7 @@ def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
     assert lb_feed(node, lb) == 200
     assert lb_feed(node, h.JOIN_TOKEN) == 200
     assert lb_feed(node, short) == 403
+    assert lb_feed(node, token(node, "--kind", "agent")) == 403  # a live token of the wrong kind
     h.berth("token", "revoke", lb.split(".")[0], node=node)
     assert lb_feed(node, lb) == 403
 
@@ -127,7 +153,7 @@ def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
     blob = b"".join(p.read_bytes() for p in Path(node.data_dir).rglob("*") if p.is_file()
                     and p.name != "join-token")
     assert one_id.encode() in blob, "the scan must see the stored tokens"
-    for secret in (one.split(".")[1], lb.split(".")[1], h.JOIN_TOKEN):
+    for secret in (one.split(".")[1], lb.split(".")[1]):
         assert secret.encode() not in blob, f"a token secret ({secret[:4]}…) is stored in the clear"
 
 
@@ -136,6 +162,9 @@ def test_the_servers_own_token_works_until_revoked(server):
     legacy = agent(server, h.JOIN_TOKEN, "tok-legacy")
     legacy.wait_connected(node, timeout=60)
     assert tokens(node)["legacy"][1] == "agent"
+    blob = b"".join(p.read_bytes() for p in Path(node.data_dir).rglob("*") if p.is_file()
+                    and p.name != "join-token")
+    assert h.JOIN_TOKEN.encode() not in blob, "the servers' token is stored in the clear"
     h.berth("token", "revoke", "legacy", node=node)
     h.wait_until(lambda: not legacy.alive(), 15, f"{legacy} to be cut off after `revoke legacy`",
                  on_timeout=lambda: h.tail(legacy.log_text()))

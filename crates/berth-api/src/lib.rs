@@ -11,8 +11,11 @@
 //! read linearizably, relay a call to an agent), so nothing here knows Raft, sled or
 //! gRPC, and the handlers run against any implementation of it.
 //!
-//! Adding a service: a folder here, and one line in [`handle`] (awsJson: the
-//! `X-Amz-Target` prefix in [`JSON_SERVICES`]; Query: the form's `Version`).
+//! Adding a service: a folder here, and one line: an awsJson service's
+//! [`JsonService`] (its `X-Amz-Target` prefix, signing name and operation table) in
+//! [`JSON_SERVICES`]; a Query-protocol service's in [`handle`] (today every form body is
+//! ELBv2's; the next Query service is told apart by its SigV4 scope or the form's
+//! `Version`).
 
 pub mod context;
 pub mod ecs;
@@ -37,9 +40,14 @@ pub const JSON_SERVICES: &[JsonService] = &[ecs::SERVICE];
 /// Answers one AWS API request: picks the service by the request (an awsJson
 /// `X-Amz-Target` prefix, or a Query-protocol form body), checks that the SigV4
 /// credential scope names that service, and dispatches to its handler.
-pub async fn handle(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+pub async fn handle(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    rid: &str,
+    peer: &str,
+) -> Response<Full<Bytes>> {
     if protocol::query::is_query_request(req.headers()) {
-        return elbv2::serve(ctx, req, rid).await;
+        return elbv2::serve(ctx, req, rid, peer).await;
     }
     let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
@@ -67,17 +75,14 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Fu
             return Err(ApiError::new(ErrorKind::UnknownOperationException, msg));
         };
         protocol::verify_signature(ctx, &parts, &body, service.signing_name)?;
-        match service.name {
-            "ecs" => ecs::dispatch(ctx, &op, &body).await,
-            other => Err(ApiError::server(format!("no handler for service {other}"))),
-        }
+        (service.dispatch)(ctx, &op, &body).await
     }
     .await;
     let resp = match result {
         Ok(v) => protocol::json::ok(&v, rid),
         Err(e) => {
             if e.kind == ErrorKind::ServerException {
-                tracing::error!(op = %op, request_id = %rid, error = %e.message, "request failed");
+                tracing::error!(op = %op, peer, request_id = %rid, error = %e.message, "request failed");
             }
             error_response(&e, rid)
         }

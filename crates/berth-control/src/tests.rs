@@ -206,11 +206,21 @@ async fn the_loop_runs_a_reconciler_on_changes_and_only_while_leading() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(passes.load(Ordering::SeqCst), 0);
-    // The leader: a change runs a pass (well before the one-hour requeue).
+    // The leader: it passes (on the follower's short requeue, or a change) …
     replica.set_leader(true);
-    ecs(&replica, "CreateCluster", json!({"clusterName": "b"})).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while passes.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pass as the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // … and then asks for one hour: only a change runs it again.
+    let first = passes.load(Ordering::SeqCst);
+    ecs(&replica, "CreateCluster", json!({"clusterName": "b"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while passes.load(Ordering::SeqCst) == first {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no pass after a change"

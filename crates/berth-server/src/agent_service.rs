@@ -24,7 +24,7 @@ use berth_model::agent::{
     AgentMessage, DesiredTask, Hello, ServerMessage, TaskReport, AGENT_PROTOCOL_VERSION,
 };
 use berth_model::token::TokenKind;
-use berth_model::{TaskDefinition, TaskRecord};
+use berth_model::{ErrorKind, TaskDefinition, TaskRecord};
 use berth_proto::agent::agent_session_server::{AgentSession, AgentSessionServer};
 use berth_proto::agent::Frame;
 use berth_store::{Command, Response};
@@ -198,19 +198,19 @@ async fn run_session(
             ),
         ));
     }
-    let rejoining = node
+    let registered = node
         .reader
         .container_instance(&hello.cluster, &hello.instance_id)
         .ok()
         .flatten()
-        .is_some_and(|ci| ci.status() != "INACTIVE");
+        .filter(|ci| ci.status() != "INACTIVE");
     let token_id = match berth_store::tokens::check_presented(
         &node.reader,
         settings.join_token.as_deref(),
         &hello.join_token,
         TokenKind::Agent,
         now_secs(),
-        !rejoining,
+        registered.as_ref().map(berth_store::tokens::joined_with),
     ) {
         Ok(id) => id,
         Err(refusal) => {
@@ -237,6 +237,11 @@ async fn run_session(
             .container_instance_arn
             .clone()
             .unwrap_or_default(),
+        // A token refused as the registration applied (its last use taken meanwhile).
+        Response::Error { error } if error.kind == ErrorKind::AccessDeniedException => {
+            tracing::warn!(peer, cluster, instance_id, reason = %error.message, "agent refused");
+            return Err(err("AccessDenied", error.message));
+        }
         Response::Error { error } => return Err(err("RegisterFailed", error.message)),
         other => return Err(err("RegisterFailed", format!("unexpected {other:?}"))),
     };

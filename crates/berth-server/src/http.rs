@@ -103,7 +103,7 @@ async fn handle(
     if req.method() == Method::POST && req.uri().path() == "/berth/lb/report" {
         return lb_report(&ctx, req, &rid, &peer).await;
     }
-    berth_api::handle(&ctx.api, req, &rid).await
+    berth_api::handle(&ctx.api, req, &rid, &peer).await
 }
 
 fn health(ctx: &Front, rid: &str) -> Response<Full<Bytes>> {
@@ -139,7 +139,7 @@ fn join_token_ok(ctx: &Front, req: &Request<Incoming>, peer: &str) -> bool {
         given,
         TokenKind::Lb,
         berth_store::now_secs(),
-        true,
+        None,
     ) {
         Ok(_) => true,
         Err(refusal) => {

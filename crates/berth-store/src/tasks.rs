@@ -307,9 +307,15 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
         )));
     }
     let existing = load_instance(st, cluster, id)?;
-    let rejoining = existing.as_ref().is_some_and(|e| e.status() != "INACTIVE");
+    // Reconnecting: registered (not deregistered) and presenting the token it joined
+    // with. Anything else is a machine joining anew, within its token's limits.
+    let rejoining = |t: &str| {
+        existing
+            .as_ref()
+            .is_some_and(|e| e.status() != "INACTIVE" && crate::tokens::joined_with(e) == t)
+    };
     let join_token_id = match token {
-        Some(t) if !rejoining => {
+        Some(t) if !rejoining(t) => {
             if let Err(e) = crate::tokens::consume(st, t, at)? {
                 return Ok(err(ApiError::new(ErrorKind::AccessDeniedException, e)));
             }

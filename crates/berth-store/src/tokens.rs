@@ -73,6 +73,11 @@ pub(crate) fn revoke_join_token<R: KvRead + ?Sized>(
     Ok(Response::JoinToken { token: Box::new(t) })
 }
 
+/// Machines registered before join tokens had ids joined with the servers' own token.
+pub fn joined_with(rec: &berth_model::ContainerInstanceRecord) -> &str {
+    rec.join_token_id.as_deref().unwrap_or(LEGACY_TOKEN_ID)
+}
+
 /// A new machine joins with token `id` at `at`: counts the use, or says why not.
 pub(crate) fn consume<R: KvRead + ?Sized>(
     st: &mut Staged<'_, R>,
@@ -106,15 +111,18 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Checks a token presented by a `kind` node at `now`, against the servers' own token
-/// (`legacy`: `--join-token`, an agent token) and the stored ones; `new_machine` as in
-/// [`JoinToken::admits`]. Answers the id of the token that admits it.
+/// (`legacy`: `--join-token`, an agent token) and the stored ones. `joined_with`: the
+/// token the machine is registered with, if it is (an ACTIVE or DRAINING instance); a
+/// machine presenting that same token reconnects past its expiry and use limit, any
+/// other presentation is a new machine's ([`JoinToken::admits`]). Answers the id of the
+/// token that admits it.
 pub fn check_presented(
     reader: &crate::StateReader,
     legacy: Option<&str>,
     presented: &str,
     kind: TokenKind,
     now: f64,
-    new_machine: bool,
+    joined_with: Option<&str>,
 ) -> Result<String, TokenRefusal> {
     let lookup = |id: &str| {
         reader
@@ -136,7 +144,7 @@ pub fn check_presented(
     if !same(hash_secret(secret).as_bytes(), t.secret_sha256.as_bytes()) {
         return Err(TokenRefusal::WrongSecret(id.to_string()));
     }
-    t.admits(kind, now, new_machine)?;
+    t.admits(kind, now, joined_with != Some(id))?;
     Ok(t.id)
 }
 
@@ -219,6 +227,8 @@ mod tests {
             },
         );
         assert!(refusal(run(&mut kv, register("i3", "efgh5678", 100.0))).contains("expired"));
+        // Another token is no way back in for a registered machine: it joins anew.
+        assert!(refusal(run(&mut kv, register("i1", "efgh5678", 100.0))).contains("expired"));
         assert!(refusal(run(&mut kv, register("i3", "zzzz0000", 10.0))).contains("not known"));
         assert!(crate::tasks::load_instance(&kv, "c", "i3")
             .unwrap()

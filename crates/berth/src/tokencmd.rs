@@ -66,13 +66,16 @@ pub fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
     let n: u64 = num.parse().map_err(|_| {
         anyhow::anyhow!("--ttl must be a number with s, m, h or d (like 24h), not '{s}'")
     })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => bail!("--ttl must be a number with s, m, h or d (like 24h), not '{s}'"),
     };
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| anyhow::anyhow!("--ttl '{s}' is too long"))?;
     if secs == 0 {
         bail!("--ttl must be more than zero");
     }

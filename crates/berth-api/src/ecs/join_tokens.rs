@@ -58,9 +58,10 @@ fn random_chars(n: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(n);
     while out.len() < n {
-        for b in uuid::Uuid::new_v4().into_bytes() {
-            // 252 = 7 * 36: rejecting the rest keeps every character equally likely.
-            if b < 252 && out.len() < n {
+        for (i, b) in uuid::Uuid::new_v4().into_bytes().into_iter().enumerate() {
+            // Bytes 6 and 8 carry the UUID's version and variant bits; 252 = 7 * 36:
+            // rejecting the rest keeps every character equally likely.
+            if i != 6 && i != 8 && b < 252 && out.len() < n {
                 out.push(ALPHABET[(b % 36) as usize] as char);
             }
         }
@@ -95,9 +96,9 @@ pub(super) async fn create_join_token(
         ));
     }
     let description = req.description.unwrap_or_default();
-    if description.chars().count() > 256 {
+    if description.chars().count() > 256 || description.chars().any(char::is_control) {
         return Err(ApiError::invalid(
-            "description must be at most 256 characters.",
+            "description must be at most 256 characters, without control characters.",
         ));
     }
     let now = ctx.now();

@@ -22,6 +22,7 @@ pub const SERVICE: JsonService = JsonService {
     name: "ecs",
     target_prefix: "AmazonEC2ContainerServiceV20141113.",
     signing_name: "ecs",
+    dispatch: |ctx, op, body| Box::pin(dispatch(ctx, op, body)),
 };
 
 pub async fn dispatch(ctx: &Ctx, op: &str, body: &[u8]) -> Result<Value, ApiError> {

@@ -38,7 +38,12 @@ type R<T> = Result<T, ElbError>;
 
 /// Serves one ELBv2 request: every answer, authentication failures included, is an
 /// ELBv2 XML document.
-pub async fn serve(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Full<Bytes>> {
+pub async fn serve(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    rid: &str,
+    peer: &str,
+) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let mut op = String::from("ELBv2");
@@ -85,7 +90,7 @@ pub async fn serve(ctx: &Ctx, req: Request<Incoming>, rid: &str) -> Response<Ful
         ),
         Err(e) => {
             if e.status >= 500 {
-                tracing::error!(op = %op, request_id = %rid, error = %e.message, "ELBv2 request failed");
+                tracing::error!(op = %op, peer, request_id = %rid, error = %e.message, "ELBv2 request failed");
             }
             respond(
                 e.status,

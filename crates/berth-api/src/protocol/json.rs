@@ -13,12 +13,23 @@ use super::respond;
 pub const JSON_11: &str = "application/x-amz-json-1.1";
 
 /// An awsJson service: the `X-Amz-Target` prefix that names it and its SigV4 signing name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct JsonService {
     pub name: &'static str,
     pub target_prefix: &'static str,
     pub signing_name: &'static str,
+    /// Answers one operation (the target without its prefix) with the body's JSON.
+    pub dispatch: Dispatch,
 }
+
+/// A service's operation table: `(ctx, operation, body)` → the answer's JSON.
+pub type Dispatch = for<'a> fn(
+    &'a crate::context::Ctx,
+    &'a str,
+    &'a [u8],
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + 'a>,
+>;
 
 /// Decodes a request body into `T`; an empty body is `{}`. A bad field is named by its
 /// path in the message.
