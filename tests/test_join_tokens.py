@@ -157,6 +157,27 @@ def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
         assert secret.encode() not in blob, f"a token secret ({secret[:4]}…) is stored in the clear"
 
 
+def test_a_deregistered_instance_cannot_rejoin_under_its_old_identity(server):
+    node, cluster, _ = server
+    tok = token(node, "--kind", "agent", "--max-uses", "2")
+    x = agent(server, tok, "tok-dereg")
+    arn = x.wait_connected(node, timeout=60)["containerInstanceArn"]
+    h.aws("ecs", "deregister-container-instance", "--cluster", cluster,
+          "--container-instance", arn, "--force", node=node)
+    h.wait_until(lambda: not x.alive(), 15, f"{x} to end once its instance is deregistered",
+                 on_timeout=lambda: h.tail(x.log_text()))
+    assert "InstanceDeregistered" in x.log_text()
+    # The same machine (its data dir, so its instance id) is refused from then on.
+    refused(x.start(), node, "was deregistered from cluster", registered_before=True)
+    d = h.aws("ecs", "describe-container-instances", "--cluster", cluster,
+              "--container-instances", arn, node=node).json["containerInstances"]
+    assert [ci["status"] for ci in d] == ["INACTIVE"]
+    # As a new instance (a new data dir) it joins again, taking the token's second use.
+    y = agent(server, tok, "tok-dereg2")
+    assert y.wait_connected(node, timeout=60)["containerInstanceArn"] != arn
+    assert tokens(node)[tok.split(".")[0]][3] == "2/2"
+
+
 def test_the_servers_own_token_works_until_revoked(server):
     node, _, _ = server
     legacy = agent(server, h.JOIN_TOKEN, "tok-legacy")

@@ -202,8 +202,15 @@ async fn run_session(
         .reader
         .container_instance(&hello.cluster, &hello.instance_id)
         .ok()
-        .flatten()
-        .filter(|ci| ci.status() != "INACTIVE");
+        .flatten();
+    if registered
+        .as_ref()
+        .is_some_and(|ci| ci.status() == "INACTIVE")
+    {
+        let reason = berth_store::tasks::deregistered_message(&hello.cluster, &hello.instance_id);
+        tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %reason, "agent refused");
+        return Err(err("AccessDenied", reason));
+    }
     let token_id = match berth_store::tokens::check_presented(
         &node.reader,
         settings.join_token.as_deref(),

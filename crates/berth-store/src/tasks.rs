@@ -288,6 +288,11 @@ fn merge_attributes(base: &mut Vec<Attribute>, extra: &[Attribute]) {
     }
 }
 
+/// Why a deregistered instance's agent is refused.
+pub fn deregistered_message(cluster: &str, id: &str) -> String {
+    format!("container instance {id} was deregistered from cluster {cluster}: its agent cannot rejoin as it; to add this machine again, start its agent with a new --data-dir (a new instance id)")
+}
+
 pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
     st: &mut Staged<'_, R>,
     ctx: &ArnContext,
@@ -307,12 +312,20 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
         )));
     }
     let existing = load_instance(st, cluster, id)?;
-    // Reconnecting: registered (not deregistered) and presenting the token it joined
-    // with. Anything else is a machine joining anew, within its token's limits.
+    if existing.as_ref().is_some_and(|e| e.status() == "INACTIVE") {
+        // As ECS: a deregistered instance's agent does not come back under its old
+        // identity; the machine joins again as a new instance (a new agent data dir).
+        return Ok(err(ApiError::new(
+            ErrorKind::AccessDeniedException,
+            deregistered_message(cluster, id),
+        )));
+    }
+    // Reconnecting: registered and presenting the token it joined with. Anything else
+    // is a machine joining anew, within its token's limits.
     let rejoining = |t: &str| {
         existing
             .as_ref()
-            .is_some_and(|e| e.status() != "INACTIVE" && crate::tokens::joined_with(e) == t)
+            .is_some_and(|e| crate::tokens::joined_with(e) == t)
     };
     let join_token_id = match token {
         Some(t) if !rejoining(t) => {
@@ -1305,7 +1318,7 @@ mod tests {
         assert_eq!(again.version, before.version + 1);
         assert_eq!(again.attribute("stack"), Some(Some("prod")));
         assert_eq!(again.attribute("ecs.os-type"), Some(Some("linux")));
-        // Deregistered, then back: registered afresh with the same id.
+        // Deregistered: its agent does not come back under that id (as ECS's).
         run(
             &mut s,
             Command::DeregisterContainerInstance {
@@ -1316,10 +1329,31 @@ mod tests {
             },
         );
         assert_eq!(instance(&s, "i1").status.as_deref(), Some("INACTIVE"));
-        let fresh = register(&mut s, "i1");
-        assert_eq!(fresh.status.as_deref(), Some("ACTIVE"));
-        assert_eq!(fresh.registered_at, Some(100.0), "register() uses at=100");
-        assert_eq!(fresh.container_instance_arn, before.container_instance_arn);
+        let refused = run(
+            &mut s,
+            Command::RegisterContainerInstance {
+                ctx: ctx(),
+                hello: hello("i1"),
+                at: 500.0,
+                token: None,
+            },
+        );
+        match refused {
+            Response::Error { error } => {
+                assert_eq!(error.kind, ErrorKind::AccessDeniedException);
+                assert!(
+                    error.message.contains("i1 was deregistered"),
+                    "{}",
+                    error.message
+                );
+            }
+            other => panic!("a deregistered instance registered again: {other:?}"),
+        }
+        assert_eq!(instance(&s, "i1").status.as_deref(), Some("INACTIVE"));
+        assert_eq!(
+            instance(&s, "i1").container_instance_arn,
+            before.container_instance_arn
+        );
     }
 
     #[test]
