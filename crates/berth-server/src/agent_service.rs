@@ -203,6 +203,24 @@ async fn run_session(
         .container_instance(&hello.cluster, &hello.instance_id)
         .ok()
         .flatten();
+    let token_id = match berth_store::tokens::check_presented(
+        &node.reader,
+        settings.join_token.as_deref(),
+        &hello.join_token,
+        TokenKind::Agent,
+        now_secs(),
+        registered
+            .as_ref()
+            .filter(|ci| ci.status() != "INACTIVE")
+            .map(berth_store::tokens::joined_with),
+    ) {
+        Ok(id) => id,
+        Err(refusal) => {
+            tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %refusal, "agent refused");
+            return Err(err("AccessDenied", refusal.to_string()));
+        }
+    };
+    // Only then (to a machine holding a good token): a deregistered instance stays out.
     if registered
         .as_ref()
         .is_some_and(|ci| ci.status() == "INACTIVE")
@@ -211,20 +229,6 @@ async fn run_session(
         tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %reason, "agent refused");
         return Err(err("AccessDenied", reason));
     }
-    let token_id = match berth_store::tokens::check_presented(
-        &node.reader,
-        settings.join_token.as_deref(),
-        &hello.join_token,
-        TokenKind::Agent,
-        now_secs(),
-        registered.as_ref().map(berth_store::tokens::joined_with),
-    ) {
-        Ok(id) => id,
-        Err(refusal) => {
-            tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %refusal, "agent refused");
-            return Err(err("AccessDenied", refusal.to_string()));
-        }
-    };
     let mut hello = hello;
     // The token's secret stays out of the Raft log.
     hello.join_token = String::new();
