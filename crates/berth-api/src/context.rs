@@ -68,3 +68,20 @@ impl Ctx {
         self.cluster.reader()
     }
 }
+
+/// The store's in-memory test double as a cluster without agents: for unit tests of the
+/// handlers here and of code that drives them (feature `memory`, never in the binary).
+#[cfg(any(test, feature = "memory"))]
+#[async_trait::async_trait]
+impl Cluster for berth_store::memory::MemoryReplica {
+    async fn agent_logs(
+        &self,
+        _cluster: &str,
+        instance: &str,
+        _req: LogsRequest,
+    ) -> Result<LogsResponse, String> {
+        Err(format!(
+            "no agent session for {instance}: this cluster is in memory"
+        ))
+    }
+}

@@ -1,51 +1,19 @@
-//! The handlers against an in-memory [`Cluster`] (the store's `MemoryReplica`, which
+//! The handlers against an in-memory [`crate::Cluster`] (the store's `MemoryReplica`, which
 //! applies each command at once): what a caller sees, and that refused input changes
 //! nothing.
 
 use std::sync::Arc;
 
-use berth_model::agent::{LogsRequest, LogsResponse};
 use berth_model::{ArnContext, ErrorKind};
 use berth_store::memory::MemoryReplica;
-use berth_store::{Command, Replica, Response, StateReader};
 use serde_json::{json, Value};
 
 use crate::protocol::query::{decode_form, to_tree, Params};
-use crate::{ApiConfig, AuthMode, Cluster, Ctx};
-
-struct TestCluster(MemoryReplica);
-
-#[async_trait::async_trait]
-impl Replica for TestCluster {
-    fn reader(&self) -> &StateReader {
-        self.0.reader()
-    }
-    async fn propose(&self, command: Command) -> Result<Response, berth_model::ApiError> {
-        self.0.propose(command).await
-    }
-    async fn read_barrier(&self) -> Result<(), berth_model::ApiError> {
-        self.0.read_barrier().await
-    }
-    fn is_leader(&self) -> bool {
-        true
-    }
-}
-
-#[async_trait::async_trait]
-impl Cluster for TestCluster {
-    async fn agent_logs(
-        &self,
-        _cluster: &str,
-        instance: &str,
-        _req: LogsRequest,
-    ) -> Result<LogsResponse, String> {
-        Err(format!("no agent session for {instance} in this test"))
-    }
-}
+use crate::{ApiConfig, AuthMode, Ctx};
 
 fn ctx() -> Ctx {
     Ctx {
-        cluster: Arc::new(TestCluster(MemoryReplica::new())),
+        cluster: Arc::new(MemoryReplica::new()),
         cfg: ApiConfig {
             ctx: ArnContext::new("us-east-1", "123456789012"),
             auth: AuthMode::None,

@@ -5,43 +5,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::agent::{
-    Hello, InstanceResources, LogsRequest, LogsResponse, AGENT_PROTOCOL_VERSION,
-};
+use berth_model::agent::{Hello, InstanceResources, AGENT_PROTOCOL_VERSION};
 use berth_model::ArnContext;
 use berth_store::memory::MemoryReplica;
-use berth_store::{now_secs, Command, Replica, Response, StateReader};
+use berth_store::{now_secs, Command, Replica, Response};
 use serde_json::json;
 
 use crate::instances::{InstanceSettings, InstanceWatcher};
 use crate::services::{ServiceReconciler, ServiceSettings};
 use crate::Reconciler;
-
-/// The API's view of the same in-memory store (no agents).
-struct Api(Arc<MemoryReplica>);
-
-#[async_trait::async_trait]
-impl Replica for Api {
-    fn reader(&self) -> &StateReader {
-        self.0.reader()
-    }
-    async fn propose(&self, command: Command) -> Result<Response, berth_model::ApiError> {
-        self.0.propose(command).await
-    }
-    async fn read_barrier(&self) -> Result<(), berth_model::ApiError> {
-        Ok(())
-    }
-    fn is_leader(&self) -> bool {
-        true
-    }
-}
-
-#[async_trait::async_trait]
-impl berth_api::Cluster for Api {
-    async fn agent_logs(&self, _: &str, _: &str, _: LogsRequest) -> Result<LogsResponse, String> {
-        Err("no agents here".into())
-    }
-}
 
 fn arn() -> ArnContext {
     ArnContext::new("us-east-1", "123456789012")
@@ -49,7 +21,7 @@ fn arn() -> ArnContext {
 
 async fn ecs(replica: &Arc<MemoryReplica>, op: &str, body: serde_json::Value) -> serde_json::Value {
     let ctx = berth_api::Ctx {
-        cluster: Arc::new(Api(replica.clone())),
+        cluster: replica.clone(),
         cfg: berth_api::ApiConfig {
             ctx: arn(),
             auth: berth_api::AuthMode::None,
