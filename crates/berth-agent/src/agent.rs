@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub cluster: String,
     pub join_token: String,
     pub data_dir: PathBuf,
+    /// Mutual TLS with the cluster (`None`: plain, benchmarks only).
+    pub tls: Option<crate::session::TlsSetup>,
     pub attributes: Vec<(String, String)>,
     pub availability_zone: Option<String>,
     /// The address other machines reach this one on (reported with the instance).
@@ -197,6 +199,7 @@ pub async fn start(
         SessionConfig {
             servers: cfg.servers.clone(),
             hello,
+            tls: cfg.tls.clone(),
         },
         reg_tx,
         shutdown,

@@ -27,6 +27,130 @@ pub struct Fatal {
 pub struct SessionConfig {
     pub servers: Vec<String>,
     pub hello: Hello,
+    /// Mutual TLS (`None`: plain gRPC, for benchmarks' simulated clusters only).
+    pub tls: Option<TlsSetup>,
+}
+
+/// How the agent gets and keeps its certificate: `<data-dir>/tls/` holds it once it joined
+/// with the token; it is renewed over the cluster port when a third of its lifetime is left.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    pub dir: std::path::PathBuf,
+    pub token: String,
+    /// `--ca-cert-hash`, normalized.
+    pub pinned: Option<String>,
+}
+
+type Creds = Arc<std::sync::RwLock<Option<berth_tls::join::Material>>>;
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The agent's certificate, joining through `addr` with the token when it has none (or it
+/// expired while the machine was off).
+async fn ensure_creds(
+    tls: &TlsSetup,
+    creds: &Creds,
+    addr: &str,
+    hello: &Hello,
+) -> Result<berth_tls::join::Material, SessionEnd> {
+    let current = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let current = match current {
+        Some(m) => Some(m),
+        None => berth_tls::join::Material::load(&tls.dir, "agent").map_err(|e| {
+            SessionEnd::Fatal(Fatal {
+                code: "BadTlsFiles".into(),
+                message: format!("{e:#}"),
+            })
+        })?,
+    };
+    if let Some(m) = current {
+        let expired = m.identity().map(|i| i.not_after <= now_unix()).unwrap_or(true);
+        if !expired {
+            *creds.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+            return Ok(m);
+        }
+        tracing::warn!(dir = %tls.dir.display(), "this machine's certificate has expired; joining again with the join token");
+    }
+    let mut hello = hello.clone();
+    hello.join_token = String::new();
+    let joining = berth_tls::join::Joining::Agent {
+        hello: serde_json::to_value(&hello).unwrap_or_default(),
+    };
+    let (resp, key) = berth_tls::join::join(addr, &tls.token, tls.pinned.as_deref(), joining)
+        .await
+        .map_err(|e| match e {
+            berth_tls::join::JoinError::Refused(m) => SessionEnd::Fatal(Fatal {
+                code: "AccessDenied".into(),
+                message: m,
+            }),
+            berth_tls::join::JoinError::Retry(m) => SessionEnd::Retry(format!("join through {addr}: {m}")),
+        })?;
+    let m = berth_tls::join::Material {
+        bundle: resp.ca_bundle,
+        cert: resp.cert,
+        key,
+    };
+    m.save(&tls.dir, "agent").map_err(|e| {
+        SessionEnd::Fatal(Fatal {
+            code: "BadTlsFiles".into(),
+            message: format!("{e:#}"),
+        })
+    })?;
+    tracing::info!(server = addr, ca = %tls.dir.join("ca.pem").display(), "joined the cluster: got this machine's certificate");
+    *creds.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
+    Ok(m)
+}
+
+/// Renews the certificate when it is due, through any server, for as long as the agent runs.
+async fn renew_loop(
+    tls: TlsSetup,
+    creds: Creds,
+    servers: Arc<std::sync::Mutex<Vec<String>>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut i = 0usize;
+    loop {
+        let current = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let wait = match current.as_ref().and_then(|m| m.identity().ok()) {
+            Some(id) => {
+                let life = (id.not_after - id.not_before).max(1) as f64;
+                Duration::from_secs_f64((life / 20.0).clamp(0.5, 60.0))
+            }
+            None => Duration::from_secs(1),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+        let Some(m) = current else { continue };
+        let Ok(id) = m.identity() else { continue };
+        if !id.due_for_renewal(now_unix()) || id.not_after <= now_unix() {
+            continue;
+        }
+        let list = servers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if list.is_empty() {
+            continue;
+        }
+        let addr = &list[i % list.len()];
+        match berth_tls::join::renew(addr, &m).await {
+            Ok(new) => match new.save(&tls.dir, "agent") {
+                Ok(()) => {
+                    tracing::info!(server = addr, "renewed this machine's certificate");
+                    *creds.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not save the renewed certificate"),
+            },
+            Err(e) => {
+                tracing::warn!(server = addr, error = %format!("{e:#}"), "renewing this machine's certificate failed; trying again");
+                i += 1;
+            }
+        }
+    }
 }
 
 /// Runs sessions forever; returns only on a fatal refusal (bad token, version) or when
@@ -38,6 +162,11 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Fatal> {
     let mut servers = cfg.servers.clone();
+    let creds: Creds = Default::default();
+    let shared_servers = Arc::new(std::sync::Mutex::new(servers.clone()));
+    if let Some(tls) = &cfg.tls {
+        tokio::spawn(renew_loop(tls.clone(), creds.clone(), shared_servers.clone(), shutdown.clone()));
+    }
     let mut idx = 0usize;
     let mut backoff = Duration::from_millis(250);
     let mut first_fail_logged = false;
@@ -46,8 +175,15 @@ pub async fn run(
             return Ok(());
         }
         let addr = servers[idx % servers.len()].clone();
+        let session = async {
+            let material = match &cfg.tls {
+                Some(tls) => Some(ensure_creds(tls, &creds, &addr, &cfg.hello).await?),
+                None => None,
+            };
+            one_session(&engine, &addr, &cfg.hello, material.as_ref(), &registered, &mut servers).await
+        };
         let res = tokio::select! {
-            r = one_session(&engine, &addr, &cfg.hello, &registered, &mut servers) => r,
+            r = session => r,
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Ok(()),
         };
         match res {
@@ -72,6 +208,7 @@ pub async fn run(
                 }
             }
         }
+        *shared_servers.lock().unwrap_or_else(|p| p.into_inner()) = servers.clone();
         let _ = registered.send(None);
         idx += 1;
         let jitter = rand::thread_rng().gen_range(0.8..1.2);
@@ -98,9 +235,22 @@ async fn one_session(
     engine: &Arc<Engine>,
     addr: &str,
     hello: &Hello,
+    material: Option<&berth_tls::join::Material>,
     registered: &tokio::sync::watch::Sender<Option<String>>,
     servers: &mut Vec<String>,
 ) -> Result<Duration, SessionEnd> {
+    if let Some(m) = material {
+        let ch = m.channel(addr).map_err(|e| {
+            SessionEnd::Fatal(Fatal {
+                code: "BadServerAddress".into(),
+                message: format!("{addr}: {e:#}"),
+            })
+        })?;
+        let mut hello = hello.clone();
+        // The certificate is the credential now; the token is not sent again.
+        hello.join_token = String::new();
+        return session_on(engine, addr, &hello, ch, registered, servers).await;
+    }
     let url = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
@@ -121,6 +271,17 @@ async fn one_session(
         .connect()
         .await
         .map_err(|e| SessionEnd::Retry(format!("connect {addr}: {e}")))?;
+    session_on(engine, addr, hello, channel, registered, servers).await
+}
+
+async fn session_on(
+    engine: &Arc<Engine>,
+    addr: &str,
+    hello: &Hello,
+    channel: tonic::transport::Channel,
+    registered: &tokio::sync::watch::Sender<Option<String>>,
+    servers: &mut Vec<String>,
+) -> Result<Duration, SessionEnd> {
     let mut client = AgentSessionClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(16 << 20);

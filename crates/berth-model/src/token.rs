@@ -24,6 +24,8 @@ pub enum TokenKind {
     Agent,
     /// `berth lb` edge nodes: read the load balancer feed and report drains.
     Lb,
+    /// `berth server --join`: a new server (it receives the cluster CA).
+    Server,
 }
 
 impl TokenKind {
@@ -31,8 +33,8 @@ impl TokenKind {
         match s {
             "agent" => Ok(TokenKind::Agent),
             "lb" => Ok(TokenKind::Lb),
-            "server" => Err("server join tokens are not available yet: servers join with --join until the cluster port speaks mutual TLS".into()),
-            other => Err(format!("token kind must be agent or lb, not '{other}'")),
+            "server" => Ok(TokenKind::Server),
+            other => Err(format!("token kind must be agent, lb or server, not '{other}'")),
         }
     }
 
@@ -40,6 +42,7 @@ impl TokenKind {
         match self {
             TokenKind::Agent => "agent",
             TokenKind::Lb => "lb",
+            TokenKind::Server => "server",
         }
     }
 }
@@ -204,9 +207,7 @@ mod tests {
             Err(TokenRefusal::Revoked("abcd1234".into()))
         );
         assert_eq!(TokenKind::parse("agent"), Ok(TokenKind::Agent));
-        assert!(TokenKind::parse("server")
-            .unwrap_err()
-            .contains("not available"));
+        assert_eq!(TokenKind::parse("server"), Ok(TokenKind::Server));
         assert!(TokenKind::parse("admin").unwrap_err().contains("'admin'"));
     }
 }

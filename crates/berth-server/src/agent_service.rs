@@ -60,15 +60,21 @@ impl AgentSession for AgentSvc {
         &self,
         req: Request<Streaming<Frame>>,
     ) -> Result<tonic::Response<FrameStream>, Status> {
-        let peer = req
-            .remote_addr()
-            .map(|a| a.to_string())
+        let info = crate::cluster_port::PeerInfo::of(&req).cloned();
+        let peer = info
+            .as_ref()
+            .map(|p| p.addr.to_string())
             .unwrap_or_else(|| "?".into());
+        let identity = match info.map(|i| i.peer) {
+            Some(crate::cluster_port::Peer::Member(id)) => Some(id),
+            Some(crate::cluster_port::Peer::Plain) => None,
+            _ => return Err(Status::permission_denied("agent sessions need an agent certificate")),
+        };
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let node = self.node.clone();
         tokio::spawn(async move {
-            if let Err(e) = run_session(node, inbound, tx.clone(), &peer).await {
+            if let Err(e) = run_session(node, inbound, tx.clone(), &peer, identity).await {
                 tracing::info!(peer, error = %e, "agent session ended");
                 let _ = send(
                     &tx,
@@ -172,32 +178,56 @@ fn full_set(
         .collect()
 }
 
-async fn run_session(
-    node: Arc<ServerNode>,
-    mut inbound: Streaming<Frame>,
-    tx: mpsc::Sender<Result<Frame, Status>>,
+/// An agent with a certificate: the Hello must be for the instance its certificate names,
+/// and that instance registered and not deregistered (read linearizably: it registered as
+/// it joined, maybe through another server). Answers the token it joined with.
+async fn admit_by_cert(
+    node: &ServerNode,
     peer: &str,
-) -> Result<(), SessionError> {
-    let settings = node.agent_settings.clone();
-    // 1. Hello.
-    let first = tokio::time::timeout(Duration::from_secs(15), inbound.message())
-        .await
-        .map_err(|_| err("Timeout", "no Hello within 15 s"))?
-        .map_err(|e| err("Stream", e.to_string()))?
-        .ok_or_else(|| err("Stream", "closed before Hello"))?;
-    let hello: Hello = match decode(&first)? {
-        AgentMessage::Hello(h) => *h,
-        _ => return Err(err("BadMessage", "the first message must be Hello")),
+    hello: &Hello,
+    id: &berth_tls::Identity,
+) -> Result<String, SessionError> {
+    let refuse = |why: String| {
+        tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, who = %id.role, reason = %why, "agent refused");
+        Err(err("AccessDenied", why))
     };
-    if hello.protocol_version != AGENT_PROTOCOL_VERSION {
-        return Err(err(
-            "UnsupportedVersion",
-            format!(
-                "agent protocol {} is not supported by this server (it speaks {}); run the same berth version on servers and agents",
-                hello.protocol_version, AGENT_PROTOCOL_VERSION
-            ),
-        ));
+    match &id.role {
+        berth_tls::Role::Agent { cluster, instance }
+            if *cluster == hello.cluster && *instance == hello.instance_id => {}
+        other => {
+            return refuse(format!(
+                "this certificate is for {other}; it cannot open a session for instance {} of cluster {}",
+                hello.instance_id, hello.cluster
+            ))
+        }
     }
+    node.read_barrier()
+        .await
+        .map_err(|e| err("Unavailable", e.message.clone()))?;
+    let registered = node
+        .reader
+        .container_instance(&hello.cluster, &hello.instance_id)
+        .ok()
+        .flatten();
+    match registered {
+        None => refuse(format!(
+            "container instance {} is not registered in cluster {} (deregistered and purged?); give the agent a new --data-dir and a join token to add the machine again",
+            hello.instance_id, hello.cluster
+        )),
+        Some(ci) if ci.status() == "INACTIVE" => refuse(berth_store::tasks::deregistered_message(
+            &hello.cluster,
+            &hello.instance_id,
+        )),
+        Some(ci) => match crate::cluster_port::refusal(node, id) {
+            Some(why) => refuse(why),
+            None => Ok(berth_store::tokens::joined_with(&ci).to_string()),
+        },
+    }
+}
+
+/// Without TLS (benchmarks): the Hello carries the join token.
+fn admit_by_token(node: &ServerNode, peer: &str, hello: &Hello) -> Result<String, SessionError> {
+    let settings = &node.agent_settings;
     let registered = node
         .reader
         .container_instance(&hello.cluster, &hello.instance_id)
@@ -229,6 +259,40 @@ async fn run_session(
         tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %reason, "agent refused");
         return Err(err("AccessDenied", reason));
     }
+    Ok(token_id)
+}
+
+async fn run_session(
+    node: Arc<ServerNode>,
+    mut inbound: Streaming<Frame>,
+    tx: mpsc::Sender<Result<Frame, Status>>,
+    peer: &str,
+    identity: Option<berth_tls::Identity>,
+) -> Result<(), SessionError> {
+    let settings = node.agent_settings.clone();
+    // 1. Hello.
+    let first = tokio::time::timeout(Duration::from_secs(15), inbound.message())
+        .await
+        .map_err(|_| err("Timeout", "no Hello within 15 s"))?
+        .map_err(|e| err("Stream", e.to_string()))?
+        .ok_or_else(|| err("Stream", "closed before Hello"))?;
+    let hello: Hello = match decode(&first)? {
+        AgentMessage::Hello(h) => *h,
+        _ => return Err(err("BadMessage", "the first message must be Hello")),
+    };
+    if hello.protocol_version != AGENT_PROTOCOL_VERSION {
+        return Err(err(
+            "UnsupportedVersion",
+            format!(
+                "agent protocol {} is not supported by this server (it speaks {}); run the same berth version on servers and agents",
+                hello.protocol_version, AGENT_PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let token_id = match &identity {
+        Some(id) => admit_by_cert(&node, peer, &hello, id).await?,
+        None => admit_by_token(&node, peer, &hello)?,
+    };
     let mut hello = hello;
     // The token's secret stays out of the Raft log.
     hello.join_token = String::new();
@@ -239,7 +303,8 @@ async fn run_session(
             ctx: settings.ctx.clone(),
             hello: hello.clone(),
             at: now_secs(),
-            token: Some(token_id.clone()),
+            // A certificate holder was counted against its token when it joined.
+            token: identity.is_none().then(|| token_id.clone()),
         })
         .await
         .map_err(|e| err("RegisterFailed", e.message.clone()))?;
@@ -429,10 +494,15 @@ async fn run_session(
                 }
             }
             _ = refresh.tick() => {
-                // A revoked token ends the sessions it admitted (within one interval).
+                // A revoked token ends the sessions it admitted, and a deregistered
+                // instance's session ends (within one interval).
                 if node.reader.join_token(&token_id).ok().flatten().is_some_and(|t| t.revoked_at.is_some()) {
                     tracing::warn!(peer, cluster, instance_id, token = token_id, "join token revoked: ending the agent's session");
                     break Err(err("AccessDenied", format!("join token {token_id} was revoked")));
+                }
+                if let Some(why) = identity.as_ref().and_then(|id| crate::cluster_port::refusal(&node, id)) {
+                    tracing::warn!(peer, cluster, instance_id, reason = why, "ending the agent's session");
+                    break Err(err("AccessDenied", why));
                 }
                 // Keep `last_seen` fresh in the store so the leader knows this agent lives,
                 // whichever server it is connected to. Committed aside, so a slow commit

@@ -11,6 +11,7 @@ pub mod http;
 pub mod lb_runtime;
 pub mod network;
 pub mod node;
+pub mod pki;
 pub mod sessions;
 
 pub use berth_api::{ApiConfig, AuthMode};

@@ -25,23 +25,46 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// AppendEntries requests larger than this are split (openraft retries with fewer entries).
 const MAX_APPEND_BYTES: usize = 48 << 20;
 
-/// One lazily connected channel per peer address, shared by Raft replication and forwarding.
+/// One lazily connected channel per peer address, shared by Raft replication and forwarding:
+/// mutual TLS with this server's certificate, or plain (benchmarks only).
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    pki: Option<Arc<crate::pki::Pki>>,
 }
 
 impl Channels {
+    pub fn new(pki: Option<Arc<crate::pki::Pki>>) -> Channels {
+        Channels {
+            inner: Default::default(),
+            pki,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
+        let ch = match &self.pki {
+            Some(pki) => {
+                let pki = pki.clone();
+                match berth_tls::channel_with(
+                    addr,
+                    move || pki.client_config(),
+                    Duration::from_millis(500),
+                ) {
+                    Ok(c) => c,
+                    // Only an unparsable address fails here; let tonic say so.
+                    Err(_) => Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy(),
+                }
+            }
+            None => Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .connect_lazy(),
+        };
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

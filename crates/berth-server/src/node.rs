@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub leader_wait: Duration,
     /// Admission and liveness of agents (served on the same gRPC port).
     pub agents: crate::sessions::AgentSettings,
+    /// The cluster's PKI: the cluster port is mutual TLS with it. `None` is plain gRPC, for
+    /// `berth bench`'s plain-vs-TLS comparison only.
+    pub pki: Option<Arc<crate::pki::Pki>>,
 }
 
 impl NodeConfig {
@@ -74,6 +77,7 @@ impl NodeConfig {
                 "us-east-1",
                 "123456789012",
             )),
+            pki: None,
         }
     }
 }
@@ -91,6 +95,7 @@ pub struct ServerNode {
     pub agent_settings: crate::sessions::AgentSettings,
     /// The agent sessions held by this server.
     pub hub: crate::sessions::Hub,
+    pub pki: Option<Arc<crate::pki::Pki>>,
 }
 
 fn server_err(e: impl std::fmt::Display) -> ApiError {
@@ -136,7 +141,7 @@ impl ServerNode {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("raft config: {e}"))?,
         );
-        let channels = Channels::default();
+        let channels = Channels::new(cfg.pki.clone());
         let raft = Raft::new(
             cfg.node_id,
             raft_config,
@@ -161,6 +166,7 @@ impl ServerNode {
             writes,
             agent_settings: cfg.agents.clone(),
             hub: Default::default(),
+            pki: cfg.pki.clone(),
         });
         tokio::spawn(batcher(Arc::downgrade(&node), writes_rx));
         Ok(node)
@@ -475,6 +481,15 @@ impl ServerNode {
     }
 
     /// Cluster addresses of every member, this one first.
+    /// Whether server `id` may send this node Raft RPCs: it is in the membership this node
+    /// knows, or this node knows none yet (a new server being added).
+    pub fn may_send_raft(&self, id: NodeId) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let mut nodes = membership.nodes().map(|(n, _)| *n).peekable();
+        nodes.peek().is_none() || membership.nodes().any(|(n, _)| *n == id)
+    }
+
     pub fn member_addrs(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().clone();
         let mut out = vec![self.advertise.clone()];

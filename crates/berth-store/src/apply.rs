@@ -88,6 +88,7 @@ pub fn apply<R: KvRead + ?Sized>(
         } => crate::tasks::register_container_instance(st, ctx, hello, *at, token.as_deref()),
         Command::CreateJoinToken { token } => crate::tokens::create_join_token(st, token),
         Command::RevokeJoinToken { id, at } => crate::tokens::revoke_join_token(st, id, *at),
+        Command::UseJoinToken { id, kind, at } => crate::tokens::use_join_token(st, id, *kind, *at),
         Command::SetAgentConnected {
             cluster,
             instance_id,

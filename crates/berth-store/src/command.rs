@@ -375,6 +375,12 @@ pub enum Command {
     },
     /// Revokes a join token; revoking [`berth_model::token::LEGACY_TOKEN_ID`] records it.
     RevokeJoinToken { id: String, at: f64 },
+    /// A `berth lb` node or a server joined with token `id` (counts a use).
+    UseJoinToken {
+        id: String,
+        kind: berth_model::token::TokenKind,
+        at: f64,
+    },
 }
 
 /// One task to create, fully decided by the API layer (id, placement, containers).
@@ -464,6 +470,7 @@ impl Command {
             Command::RemoveElbTags { .. } => "RemoveElbTags",
             Command::CreateJoinToken { .. } => "CreateJoinToken",
             Command::RevokeJoinToken { .. } => "RevokeJoinToken",
+            Command::UseJoinToken { .. } => "UseJoinToken",
         }
     }
 }

@@ -82,6 +82,7 @@ pub fn joined_with(rec: &berth_model::ContainerInstanceRecord) -> &str {
 pub(crate) fn consume<R: KvRead + ?Sized>(
     st: &mut Staged<'_, R>,
     id: &str,
+    kind: TokenKind,
     at: f64,
 ) -> Result<Result<(), String>, StoreError> {
     let t = match load(st, id)? {
@@ -89,7 +90,7 @@ pub(crate) fn consume<R: KvRead + ?Sized>(
         None if id == LEGACY_TOKEN_ID => return Ok(Ok(())),
         None => return Ok(Err(format!("join token {id} is not known to this cluster"))),
     };
-    if let Err(e) = t.admits(TokenKind::Agent, at, true) {
+    if let Err(e) = t.admits(kind, at, true) {
         return Ok(Err(e.to_string()));
     }
     if id != LEGACY_TOKEN_ID {
@@ -98,6 +99,20 @@ pub(crate) fn consume<R: KvRead + ?Sized>(
         put(st, &t)?;
     }
     Ok(Ok(()))
+}
+
+/// A new `berth lb` edge node or server joined with token `id`: counts the use (agents'
+/// uses are counted as they register).
+pub(crate) fn use_join_token<R: KvRead + ?Sized>(
+    st: &mut Staged<'_, R>,
+    id: &str,
+    kind: TokenKind,
+    at: f64,
+) -> Result<Response, StoreError> {
+    Ok(match consume(st, id, kind, at)? {
+        Ok(()) => Response::Ok,
+        Err(e) => err(ApiError::new(ErrorKind::AccessDeniedException, e)),
+    })
 }
 
 /// Hex SHA-256 of a token's secret: all the cluster keeps of it.

@@ -25,9 +25,14 @@ pub struct AgentArgs {
     /// The cluster to join.
     #[arg(long, env = "BERTH_CLUSTER", default_value = "default")]
     pub cluster: String,
-    /// The servers' join token (`cat <server data dir>/join-token`).
+    /// A join token: `berth token create --kind agent`, or the servers' own
+    /// (`cat <server data dir>/join-token`). Presented once, to get this machine's certificate.
     #[arg(long, env = "BERTH_JOIN_TOKEN")]
     pub join_token: String,
+    /// The cluster CA's hash the first server printed (sha256:…): the agent shows its token
+    /// only to servers of that CA. Without it the servers must prove they know the token.
+    #[arg(long, env = "BERTH_CA_CERT_HASH")]
+    pub ca_cert_hash: Option<String>,
     /// The agent's own state, task files and container logs.
     #[arg(
         long,
@@ -185,10 +190,20 @@ pub async fn start_agent(
     servers: Vec<String>,
     cluster: String,
     join_token: String,
+    ca_cert_hash: Option<String>,
     data_dir: PathBuf,
     m: &MachineArgs,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<berth_agent::agent::Running> {
+    let pinned = ca_cert_hash
+        .as_deref()
+        .map(berth_tls::parse_ca_hash)
+        .transpose()?;
+    let tls = Some(berth_agent::session::TlsSetup {
+        dir: data_dir.join("tls"),
+        token: join_token.clone(),
+        pinned,
+    });
     let stop_timeout = crate::config::parse_duration(&m.stop_timeout)
         .map_err(|e| anyhow::anyhow!("--stop-timeout: {e}"))?;
     let runtime = connect_runtime(m).await?;
@@ -207,6 +222,7 @@ pub async fn start_agent(
         servers,
         cluster,
         join_token,
+        tls,
         data_dir,
         attributes: m.attributes.clone(),
         availability_zone: m.availability_zone.clone(),
@@ -237,6 +253,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.servers.clone(),
         args.cluster.clone(),
         args.join_token.clone(),
+        args.ca_cert_hash.clone(),
         args.data_dir.clone(),
         &args.machine,
         shutdown_rx,

@@ -37,8 +37,10 @@ pub struct Profile<'a> {
     pub region: &'a str,
     pub access_key_id: &'a str,
     pub secret_access_key: &'a str,
-    /// e.g. `http://127.0.0.1:8080`.
+    /// e.g. `https://127.0.0.1:8080`.
     pub endpoint_url: &'a str,
+    /// The CA bundle the CLI verifies an HTTPS endpoint with (`ca_bundle`).
+    pub ca_bundle: Option<&'a str>,
 }
 
 /// Where the profile was written.
@@ -106,12 +108,11 @@ pub fn write_profile_to(
     } else {
         format!("profile {}", p.name)
     };
-    update_file(
-        config,
-        &config_section,
-        &[("region", p.region), ("endpoint_url", p.endpoint_url)],
-        false,
-    )?;
+    let mut keys = vec![("region", p.region), ("endpoint_url", p.endpoint_url)];
+    if let Some(b) = p.ca_bundle {
+        keys.push(("ca_bundle", b));
+    }
+    update_file(config, &config_section, &keys, false)?;
     update_file(
         credentials,
         p.name,
@@ -777,6 +778,7 @@ mod tests {
             access_key_id: key,
             secret_access_key: "secret/with+chars",
             endpoint_url: "http://127.0.0.1:8080",
+            ca_bundle: None,
         }
     }
 
@@ -933,6 +935,7 @@ mod tests {
             },
             Profile {
                 endpoint_url: "http://x\n[evil]",
+                ca_bundle: None,
                 ..profile("A")
             },
             Profile {

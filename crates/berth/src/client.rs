@@ -17,6 +17,9 @@ use serde_json::Value;
 
 pub struct Client {
     host: String,
+    /// HTTPS: the roots the server is verified with (`AWS_CA_BUNDLE`, the profile's
+    /// `ca_bundle`, else the system's).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     path_prefix: String,
     access_key: String,
     secret: String,
@@ -90,10 +93,27 @@ impl Client {
             .or_else(|| env("AWS_ENDPOINT_URL_ECS"))
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .or_else(|| p_conf.get("endpoint_url").cloned())
-            .unwrap_or_else(|| "http://127.0.0.1:7700".into());
-        let rest = endpoint.strip_prefix("http://").ok_or_else(|| {
-            anyhow::anyhow!("endpoint {endpoint:?}: only http:// endpoints are supported")
-        })?;
+            .unwrap_or_else(|| "https://127.0.0.1:7700".into());
+        let (rest, https) = match (endpoint.strip_prefix("https://"), endpoint.strip_prefix("http://")) {
+            (Some(r), _) => (r, true),
+            (None, Some(r)) => (r, false),
+            _ => bail!("endpoint {endpoint:?} must start with https:// (or http:// for a server run with --api-insecure-http)"),
+        };
+        let tls = if https {
+            let bundle_path = env("AWS_CA_BUNDLE")
+                .or_else(|| p_conf.get("ca_bundle").cloned())
+                .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+            let pem = std::fs::read_to_string(&bundle_path)
+                .with_context(|| format!("read the CA bundle {bundle_path} (AWS_CA_BUNDLE or the profile's ca_bundle)"))?;
+            let mut cfg = rustls::ClientConfig::builder_with_provider(berth_tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(berth_tls::roots(&pem).with_context(|| format!("CA bundle {bundle_path}"))?)
+                .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(std::sync::Arc::new(cfg))
+        } else {
+            None
+        };
         let (host, path_prefix) = match rest.split_once('/') {
             Some((h, p)) => (h.to_string(), format!("/{}", p.trim_end_matches('/'))),
             None => (rest.to_string(), String::new()),
@@ -104,6 +124,7 @@ impl Client {
             .unwrap_or_else(|| "us-east-1".into());
         Ok(Client {
             host,
+            tls,
             path_prefix,
             access_key,
             secret,
@@ -163,11 +184,32 @@ impl Client {
         .await
         .map_err(|_| anyhow::anyhow!("connect {}: timed out", self.host))?
         .with_context(|| format!("connect {}", self.host))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match &self.tls {
+            None => {
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+            Some(cfg) => {
+                let name = self.host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.host);
+                let name = name.trim_start_matches('[').trim_end_matches(']');
+                let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+                    .with_context(|| format!("endpoint host {name}"))?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(server_name, stream)
+                    .await
+                    .with_context(|| format!("TLS with {} (is AWS_CA_BUNDLE or the profile's ca_bundle the cluster's CA?)", self.host))?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
         let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
             .await
             .map_err(|_| anyhow::anyhow!("{op}: no answer from {} within 30 s", self.host))??;

@@ -43,6 +43,19 @@ pub struct ServerConfig {
     pub lb_bind: String,
     /// Load balancer idle timeout for client and target connections (ALB: 60s).
     pub lb_idle_timeout: String,
+    /// With `join` (first start): the SHA-256 of the cluster CA to expect (`sha256:…`, as the
+    /// first server prints). Without it the joining server verifies the cluster by its token.
+    pub ca_cert_hash: Option<String>,
+    /// Serve the API over plain HTTP (default: HTTPS).
+    pub api_insecure_http: bool,
+    /// The API's certificate chain and key (PEM), instead of one from the cluster CA;
+    /// reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or addresses for the API certificate from the cluster CA.
+    pub api_san: Vec<String>,
+    /// Lifetime of agent and lb certificates (renewed at two thirds, e.g. "7d", "12h").
+    pub cert_lifetime: String,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +83,12 @@ impl Default for ServerConfig {
             task_healthy_after: "40s".into(),
             lb_bind: "0.0.0.0".into(),
             lb_idle_timeout: "60s".into(),
+            ca_cert_hash: None,
+            api_insecure_http: false,
+            tls_cert: None,
+            tls_key: None,
+            api_san: vec![],
+            cert_lifetime: "7d".into(),
         }
     }
 }
@@ -87,6 +106,8 @@ pub struct Valid {
     /// `None`: no load balancer on this server.
     pub lb_bind: Option<std::net::IpAddr>,
     pub lb_idle_timeout: std::time::Duration,
+    pub ca_cert_hash: Option<String>,
+    pub cert_lifetime: std::time::Duration,
 }
 
 /// "15s", "500ms", "2m", "1h" or plain seconds.
@@ -104,6 +125,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => {
             return Err(format!(
                 "'{s}' has an unknown unit '{unit}' (use ms, s, m or h)"
@@ -253,8 +275,37 @@ impl ServerConfig {
                 errs.push("join-token must be at least 16 characters".to_string());
             }
         }
+        let ca_cert_hash = match &self.ca_cert_hash {
+            Some(h) if self.join.is_none() => {
+                errs.push(format!("ca-cert-hash {h} is for joining a cluster; it needs join"));
+                None
+            }
+            Some(h) => berth_tls::parse_ca_hash(h)
+                .map_err(|e| errs.push(e.to_string().replace("--ca-cert-hash", "ca-cert-hash")))
+                .ok(),
+            None => None,
+        };
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            errs.push("tls-cert and tls-key go together: give both, or neither for a certificate from the cluster CA".into());
+        }
+        if self.api_insecure_http && self.tls_cert.is_some() {
+            errs.push("api-insecure-http and tls-cert contradict each other".into());
+        }
+        let cert_lifetime = match parse_duration(&self.cert_lifetime) {
+            Ok(d) if d >= std::time::Duration::from_secs(10) => d,
+            Ok(_) => {
+                errs.push(format!("cert-lifetime {} is too short (at least 10s)", self.cert_lifetime));
+                std::time::Duration::from_secs(7 * 86_400)
+            }
+            Err(e) => {
+                errs.push(format!("cert-lifetime: {e}"));
+                std::time::Duration::from_secs(7 * 86_400)
+            }
+        };
         if errs.is_empty() {
             Ok(Valid {
+                ca_cert_hash,
+                cert_lifetime,
                 agent_heartbeat_timeout,
                 agent_lost_after,
                 task_healthy_after,

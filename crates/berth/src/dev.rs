@@ -144,6 +144,7 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
             vec![running.node.advertise.clone()],
             "default".into(),
             token,
+            running.node.pki.as_ref().map(|p| p.ca_hash()),
             data_dir.join("agent"),
             &args.machine,
             agent_stop_rx,
@@ -164,12 +165,21 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
         format!("  container instance: {arn}\n")
     };
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
-    let endpoint = format!("http://{}", running.api_addr);
+    let endpoint = format!("{}://{}", running.api_scheme, running.api_addr);
+    let ca_bundle = running
+        .node
+        .pki
+        .as_ref()
+        .map(|p| p.bundle_path().display().to_string())
+        .filter(|_| running.api_scheme == "https");
 
     let mut out = String::new();
     out.push_str(&format!("berth dev is ready in {ready_ms:.0} ms\n"));
     out.push_str(&format!("  API endpoint:      {endpoint}\n"));
     out.push_str(&format!("  data dir:          {}\n", data_dir.display()));
+    if let Some(b) = &ca_bundle {
+        out.push_str(&format!("  CA bundle:         {b}  (the profile's ca_bundle; elsewhere: AWS_CA_BUNDLE={b})\n"));
+    }
     out.push_str(&agent_line);
     out.push_str(&format!(
         "  access key id:     {}{}\n",
@@ -179,8 +189,9 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
     out.push_str(&format!("  secret access key: {}\n", key.secret_access_key));
     if args.no_profile {
         out.push_str(&format!(
-            "  try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=... aws --region {} --endpoint-url {endpoint} ecs list-clusters\n",
-            key.access_key_id, args.region
+            "  try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY=... aws --region {} --endpoint-url {endpoint}{} ecs list-clusters\n",
+            key.access_key_id, args.region,
+            ca_bundle.as_ref().map(|b| format!(" --ca-bundle {b}")).unwrap_or_default()
         ));
     } else {
         let paths = awsprofile::write_profile(&awsprofile::Profile {
@@ -189,6 +200,7 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
             access_key_id: &key.access_key_id,
             secret_access_key: &key.secret_access_key,
             endpoint_url: &endpoint,
+            ca_bundle: ca_bundle.as_deref(),
         })
         .context("write the AWS CLI profile (use --no-profile to skip)")?;
         out.push_str(&format!(

@@ -1,23 +1,23 @@
-//! `berth lb`: a load balancer node on an edge machine. It follows the cluster's ELB
-//! state from any server (long-polling `GET /berth/lb/config`, failing over between the
-//! servers given), checks target health itself and serves the listeners. It reports the
-//! draining targets it has nothing in flight to (`POST /berth/lb/report`), so drains
-//! end early without cutting its requests. It stores nothing: a restart re-reads the
-//! state (and is a new node).
+//! `berth lb`: a load balancer node on an edge machine. It joins the cluster once with an
+//! lb join token (its certificate is kept in `--data-dir`), then follows the cluster's ELB
+//! state from any server over the cluster port (mutual TLS, long-polling `LbFeed.Config`,
+//! failing over between the servers given), checks target health itself and serves the
+//! listeners. It reports the draining targets it has nothing in flight to
+//! (`LbFeed.Report`), so drains end early without cutting its requests. Apart from its
+//! certificate it stores nothing: a restart re-reads the state (and is a new node).
 
 use std::time::Duration;
 
-use anyhow::Context;
+use std::sync::{Arc, RwLock};
+
+use berth_proto::raft::lb_feed_client::LbFeedClient;
 use berth_server::lb_runtime::{drain_report_loop, routing_config, LbSnapshot, REGISTER_WAIT};
-use bytes::Bytes;
+use berth_tls::join::{decode_reply, payload, JoinError, Joining, Material};
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 
 #[derive(Args, Debug, Clone)]
 pub struct LbArgs {
-    /// API address(es) of the servers, e.g. 10.0.0.1:7700 (repeatable or comma-separated).
+    /// Cluster address(es) of the servers, e.g. 10.0.0.1:7701 (repeatable or comma-separated).
     #[arg(
         long = "server",
         env = "BERTH_SERVERS",
@@ -25,9 +25,16 @@ pub struct LbArgs {
         required = true
     )]
     servers: Vec<String>,
-    /// The cluster's join token (the servers' <data-dir>/join-token).
+    /// A join token of kind lb (`berth token create --kind lb`) or the servers' own, presented
+    /// once to get this node's certificate.
     #[arg(long, env = "BERTH_JOIN_TOKEN")]
     join_token: Option<String>,
+    /// The cluster CA's hash (sha256:…): the token is shown only to servers of that CA.
+    #[arg(long, env = "BERTH_CA_CERT_HASH")]
+    ca_cert_hash: Option<String>,
+    /// Where this node keeps its certificate.
+    #[arg(long, env = "BERTH_LB_DATA_DIR", default_value = "/var/lib/berth-lb")]
+    data_dir: std::path::PathBuf,
     /// Address the listeners bind on.
     #[arg(long, env = "BERTH_LB_BIND", default_value = "0.0.0.0")]
     bind: std::net::IpAddr,
@@ -38,81 +45,126 @@ pub struct LbArgs {
 }
 
 /// One request to a server's API, authorized by the join token.
-async fn call(
-    server: &str,
-    token: &str,
-    req: hyper::http::request::Builder,
-    body: Bytes,
-    wait: Duration,
-) -> anyhow::Result<Bytes> {
-    let host = server
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(&host),
-    )
-    .await
-    .with_context(|| format!("connect to {host}: timed out"))?
-    .with_context(|| format!("connect to {host}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = req
-        .header("host", &host)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(body))?;
-    let resp = tokio::time::timeout(wait, send.send_request(req))
+type Creds = Arc<RwLock<Material>>;
+
+fn feed(server: &str, creds: &Creds) -> anyhow::Result<LbFeedClient<tonic::transport::Channel>> {
+    let m = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(LbFeedClient::new(m.channel(server)?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(16 << 20))
+}
+
+async fn fetch(server: &str, creds: &Creds, after: Option<u64>) -> anyhow::Result<LbSnapshot> {
+    let mut c = feed(server, creds)?;
+    let reply = tokio::time::timeout(Duration::from_secs(40), c.config(payload(&after)))
         .await
-        .with_context(|| format!("the server did not answer within {} s", wait.as_secs()))??;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        anyhow::bail!(
-            "{host} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(body)
+        .map_err(|_| anyhow::anyhow!("{server} did not answer within 40 s"))?
+        .map_err(|s| anyhow::anyhow!("{server}: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    decode_reply(reply).map_err(|e| anyhow::anyhow!("{server}: {e}"))
 }
 
-async fn fetch(server: &str, token: &str, after: Option<u64>) -> anyhow::Result<LbSnapshot> {
-    let uri = match after {
-        Some(a) => format!("/berth/lb/config?after={a}"),
-        None => "/berth/lb/config".to_string(),
-    };
-    let body = call(
-        server,
-        token,
-        Request::get(uri),
-        Bytes::new(),
-        Duration::from_secs(40),
-    )
-    .await?;
-    serde_json::from_slice(&body).context("decode the ELB state")
-}
-
-/// Sends one drain report (see `berth_server::lb_runtime`) to `server`.
 async fn send_report(
     server: &str,
-    token: &str,
+    creds: &Creds,
     node: &str,
     idle: &[berth_model::elb::DrainIdle],
 ) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "node": node, "idle": idle }).to_string();
-    call(
-        server,
-        token,
-        Request::post("/berth/lb/report").header("content-type", "application/json"),
-        Bytes::from(body),
-        Duration::from_secs(10),
-    )
-    .await
-    .map(|_| ())
+    let mut c = feed(server, creds)?;
+    let body = serde_json::json!({ "node": node, "idle": idle });
+    let reply = tokio::time::timeout(Duration::from_secs(10), c.report(payload(&body)))
+        .await
+        .map_err(|_| anyhow::anyhow!("{server} did not answer within 10 s"))?
+        .map_err(|s| anyhow::anyhow!("{server}: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    decode_reply::<serde_json::Value>(reply)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{server}: {e}"))
 }
 
-/// This node's name in its reports. A restarted node is a new node: the old one's
-/// requests died with it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// This node's certificate: from `--data-dir`, or a join with the token.
+async fn credentials(args: &LbArgs, token: &str) -> anyhow::Result<Material> {
+    let dir = args.data_dir.join("tls");
+    if let Some(m) = Material::load(&dir, "lb")? {
+        let expired = m
+            .identity()
+            .map(|i| i.not_after <= berth_store::now_secs() as i64)
+            .unwrap_or(true);
+        if !expired {
+            return Ok(m);
+        }
+        tracing::warn!("berth lb: this node's certificate has expired; joining again with the token");
+    }
+    if token.is_empty() {
+        anyhow::bail!("berth lb needs --join-token (an lb token: berth token create --kind lb) to join the cluster");
+    }
+    let pinned = args
+        .ca_cert_hash
+        .as_deref()
+        .map(berth_tls::parse_ca_hash)
+        .transpose()?;
+    let mut i = 0usize;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let server = &args.servers[i % args.servers.len()];
+        match berth_tls::join::join(server, token, pinned.as_deref(), Joining::Lb { name: host_name() }).await {
+            Ok((resp, key)) => {
+                let m = Material {
+                    bundle: resp.ca_bundle,
+                    cert: resp.cert,
+                    key,
+                };
+                m.save(&dir, "lb")?;
+                tracing::info!(server, "berth lb: joined the cluster; certificate in {}", dir.display());
+                return Ok(m);
+            }
+            Err(JoinError::Refused(m)) => anyhow::bail!("the cluster refused this lb node: {m}"),
+            Err(JoinError::Retry(m)) => {
+                tracing::warn!(server, error = m, "berth lb: cannot join yet; retrying");
+                i += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Renews the certificate when a third of its lifetime is left.
+async fn renew_loop(servers: Vec<String>, dir: std::path::PathBuf, creds: Creds) {
+    let mut i = 0usize;
+    loop {
+        let m = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Ok(id) = m.identity() else { return };
+        let life = (id.not_after - id.not_before).max(1) as f64;
+        tokio::time::sleep(Duration::from_secs_f64((life / 20.0).clamp(0.5, 60.0))).await;
+        if !id.due_for_renewal(berth_store::now_secs() as i64) {
+            continue;
+        }
+        let server = &servers[i % servers.len()];
+        match berth_tls::join::renew(server, &m).await {
+            Ok(new) => {
+                if let Err(e) = new.save(&dir, "lb") {
+                    tracing::warn!(error = %format!("{e:#}"), "berth lb: could not save the renewed certificate");
+                }
+                *creds.write().unwrap_or_else(|p| p.into_inner()) = new;
+                tracing::info!(server, "berth lb: renewed this node's certificate");
+            }
+            Err(e) => {
+                tracing::warn!(server, error = %format!("{e:#}"), "berth lb: renewing the certificate failed; trying again");
+                i += 1;
+            }
+        }
+    }
+}
+
 fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -128,7 +180,7 @@ fn node_name() -> String {
 /// can stop before the deregistration delay is over.
 async fn report_drains(
     servers: Vec<String>,
-    token: String,
+    token: Creds,
     node: String,
     lb: std::sync::Arc<berth_lb::Lb>,
     applied: tokio::sync::watch::Receiver<Option<std::sync::Arc<LbSnapshot>>>,
@@ -157,6 +209,8 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
     let idle = crate::config::parse_duration(&args.idle_timeout)
         .map_err(|e| anyhow::anyhow!("--idle-timeout: {e}"))?;
     let token = args.join_token.clone().unwrap_or_default();
+    let token: Creds = Arc::new(RwLock::new(credentials(&args, &token).await?));
+    tokio::spawn(renew_loop(args.servers.clone(), args.data_dir.join("tls"), token.clone()));
     let lb = berth_lb::Lb::new(berth_lb::LbOptions {
         bind: args.bind,
         idle_timeout: idle,

@@ -148,6 +148,26 @@ pub struct ServerArgs {
     /// connections follow their load balancer's `idle_timeout.timeout_seconds` attribute.
     #[arg(long, env = "BERTH_LB_IDLE_TIMEOUT")]
     lb_idle_timeout: Option<String>,
+    /// With --join: the cluster CA's hash the first server printed (sha256:…). The joining
+    /// server refuses to show its token to a cluster with another CA.
+    #[arg(long, env = "BERTH_CA_CERT_HASH")]
+    ca_cert_hash: Option<String>,
+    /// Serve the API over plain HTTP instead of HTTPS (only on a network you trust).
+    #[arg(long, env = "BERTH_API_INSECURE_HTTP")]
+    api_insecure_http: bool,
+    /// The API's certificate chain (PEM) instead of one from the cluster CA; reloaded on SIGHUP.
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Extra DNS name or address for the API certificate from the cluster CA; repeatable.
+    #[arg(long = "api-san", env = "BERTH_API_SANS", value_delimiter = ',')]
+    api_san: Vec<String>,
+    /// Lifetime of the agent and lb certificates this server issues (default 7d; renewed
+    /// when a third is left).
+    #[arg(long, env = "BERTH_CERT_LIFETIME")]
+    cert_lifetime: Option<String>,
 }
 
 impl ServerArgs {
@@ -174,8 +194,24 @@ impl ServerArgs {
             agent_lost_after,
             task_healthy_after,
             lb_bind,
-            lb_idle_timeout
+            lb_idle_timeout,
+            cert_lifetime
         );
+        if self.ca_cert_hash.is_some() {
+            c.ca_cert_hash = self.ca_cert_hash;
+        }
+        if self.api_insecure_http {
+            c.api_insecure_http = true;
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            c.tls_key = self.tls_key;
+        }
+        if !self.api_san.is_empty() {
+            c.api_san = self.api_san;
+        }
         if self.join_token.is_some() {
             c.join_token = self.join_token;
         }
@@ -346,6 +382,10 @@ fn load_or_create_join_token(data_dir: &std::path::Path) -> anyhow::Result<Strin
 pub struct Running {
     pub node: Arc<ServerNode>,
     pub api_addr: std::net::SocketAddr,
+    /// `https` or `http`.
+    pub api_scheme: &'static str,
+    /// The operator's API certificate, reloaded on SIGHUP.
+    reload: Option<(Arc<berth_server::http::ApiTls>, PathBuf, PathBuf)>,
     shutdown: tokio::sync::watch::Sender<bool>,
     api_task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -354,9 +394,20 @@ impl Running {
     pub async fn wait_for_signal(self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("install SIGTERM handler")?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("install SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = hup.recv() => match &self.reload {
+                    Some((tls, cert, key)) => match operator_tls(cert, key) {
+                        Ok(cfg) => { tls.set(cfg); tracing::info!(cert = %cert.display(), "SIGHUP: reloaded the API certificate"); }
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: the API certificate was not reloaded; still serving the previous one"),
+                    },
+                    None => tracing::info!("SIGHUP: nothing to reload (the API certificate comes from the cluster CA)"),
+                },
+            }
         }
         self.stop().await
     }
@@ -375,6 +426,40 @@ impl Running {
         tracing::info!("stopped cleanly");
         Ok(())
     }
+}
+
+fn operator_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let c = std::fs::read_to_string(cert).with_context(|| format!("read {}", cert.display()))?;
+    let k = std::fs::read_to_string(key).with_context(|| format!("read {}", key.display()))?;
+    berth_tls::api_server_config(&c, &k)
+}
+
+/// The names the API certificate from the cluster CA is for: the API address (unless it
+/// is every interface), loopback, the host's name, the advertised cluster address, and
+/// `--api-san`.
+fn api_names(valid: &config::Valid) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if !valid.api_addr.ip().is_unspecified() {
+        names.push(valid.api_addr.ip().to_string());
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            names.push(h.to_string());
+        }
+    }
+    if let Some(a) = &valid.cfg.advertise_raft_addr {
+        if let Some((host, _)) = a.rsplit_once(':') {
+            names.push(host.trim_start_matches('[').trim_end_matches(']').to_string());
+        }
+    }
+    if !valid.raft_addr.ip().is_unspecified() {
+        names.push(valid.raft_addr.ip().to_string());
+    }
+    names.extend(valid.cfg.api_san.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
 }
 
 pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Result<Running> {
@@ -399,12 +484,29 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         cfg.region.clone(),
         cfg.account_id.clone(),
     ));
-    agents.join_token = Some(join_token);
     agents.heartbeat_timeout = valid.agent_heartbeat_timeout;
     agents.heartbeat_interval =
         (valid.agent_heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));
     agents.lost_after = valid.agent_lost_after;
+    let plan = cfg.join.as_ref().map(|via| berth_server::pki::JoinPlan {
+        via: via.clone(),
+        token: join_token.clone(),
+        pinned: valid.ca_cert_hash.clone(),
+    });
+    agents.join_token = Some(join_token);
     ncfg.agents = agents;
+    let first_start = !cfg.data_dir.join("tls").exists();
+    let pki = berth_server::pki::Pki::prepare(
+        &cfg.data_dir,
+        cfg.node_id,
+        plan,
+        berth_server::pki::Lifetimes {
+            member: valid.cert_lifetime,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ncfg.pki = Some(pki.clone());
     if !cfg.fsync {
         tracing::warn!("fsync is OFF: acknowledged writes can be lost on power failure");
     }
@@ -467,17 +569,54 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
             cfg: api_cfg,
         },
     });
-    let api_task = tokio::spawn(berth_server::http::serve(listener, front, shutdown_rx));
+    let (api_tls, reload) = match (&cfg.tls_cert, &cfg.tls_key) {
+        _ if cfg.api_insecure_http => {
+            tracing::warn!("the API is plain HTTP (--api-insecure-http): request bodies and signatures cross the network in the clear");
+            (None, None)
+        }
+        (Some(c), Some(k)) => {
+            let tls = berth_server::http::ApiTls::new(operator_tls(c, k)?);
+            (Some(tls.clone()), Some((tls, c.clone(), k.clone())))
+        }
+        _ => {
+            let names = api_names(&valid);
+            let (cert, key) = pki.issue_api(&names)?;
+            let dir = pki.dir();
+            berth_tls::write_private(&dir.join("api.key"), &key)?;
+            berth_tls::write_public(&dir.join("api.pem"), &cert)?;
+            let chain = format!("{cert}{}", pki.ca_cert_pem());
+            (Some(berth_server::http::ApiTls::new(berth_tls::api_server_config(&chain, &key)?)), None)
+        }
+    };
+    let api_scheme = if api_tls.is_some() { "https" } else { "http" };
+    let api_task = tokio::spawn(berth_server::http::serve(listener, front, shutdown_rx, api_tls));
+    let hash = pki.ca_hash();
+    let bundle = pki.bundle_path();
     tracing::info!(
         node_id = cfg.node_id,
-        api = %format!("http://{api_addr}"),
+        api = %format!("{api_scheme}://{api_addr}"),
         raft = %valid.raft_addr,
+        ca = %bundle.display(),
+        ca_hash = %hash,
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "berth server listening"
     );
+    if first_start && cfg.join.is_none() {
+        let raft = cfg.advertise_raft_addr.clone().unwrap_or_else(|| cfg.raft_addr.clone());
+        let token_hint = match &cfg.join_token {
+            Some(_) => "<the --join-token>".to_string(),
+            None => format!("$(cat {})", cfg.data_dir.join("join-token").display()),
+        };
+        eprintln!(
+            "\nberth: created the cluster CA {hash}\n  CA bundle for clients:  {bundle}  (export AWS_CA_BUNDLE={bundle})\n  add a machine:          berth agent --server {raft} --cluster default --join-token {token_hint} --ca-cert-hash {hash}\n  add a server:           berth server --node-id 2 --join {raft} --join-token {token_hint} --ca-cert-hash {hash} ...\n  (or a token of its own: berth token create --kind agent|server|lb)\n",
+            bundle = bundle.display()
+        );
+    }
     Ok(Running {
         node,
         api_addr,
+        api_scheme,
+        reload,
         shutdown: shutdown_tx,
         api_task,
     })
