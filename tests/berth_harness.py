@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -122,8 +123,36 @@ ALL_AGENTS: list["AgentProcess"] = []
 ALL_REGISTRIES: list["Registry"] = []
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def tls_context(ca_bundle: "Path | str") -> ssl.SSLContext:
+    """An SSL context that trusts only `ca_bundle` (a cluster's ca.pem), as the AWS CLI
+    with ca_bundle does."""
+    return ssl.create_default_context(cafile=str(ca_bundle))
+
+
+def node_for_port(port: int) -> Optional["BerthNode"]:
+    return next((n for n in reversed(ALL_NODES) if n.api_port == port), None)
+
+
+def api_connection(port: int, timeout: float, host: str = "127.0.0.1") -> http.client.HTTPConnection:
+    """A connection to a berth API port: HTTPS verified by that node's cluster CA, or plain
+    HTTP for a node started with --api-insecure-http."""
+    node = node_for_port(port)
+    if node is not None and not node.insecure_http:
+        if not node.ca_bundle.exists():
+            raise ConnectionRefusedError(f"{node} has no CA bundle yet")
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=tls_context(node.ca_bundle))
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
 def _http_get_json(port: int, path: str, timeout: float = 2.0, host: str = "127.0.0.1") -> tuple[int, Any]:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = api_connection(port, timeout, host)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -177,14 +206,34 @@ class BerthNode:
         self.join = join
         self.extra_args = list(extra_args or [])
         self.access_keys = access_keys or [f"{ACCESS_KEY}:{SECRET_KEY}"]
+        # Servers that join one another must share a token (the legacy --join-token
+        # admits servers, as k3s's server token does).
+        if self.join and not self.join_token:
+            self.join_token = JOIN_TOKEN
         self.proc: Optional[subprocess.Popen] = None
         self._log_fh = None
         ALL_NODES.append(self)
 
     # -- addresses -----------------------------------------------------
     @property
+    def insecure_http(self) -> bool:
+        return "--api-insecure-http" in self.extra_args
+
+    @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        scheme = "http" if self.insecure_http else "https"
+        return f"{scheme}://{self.host}:{self.api_port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The cluster CA bundle this server wrote (what clients verify its API with)."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    def ca_hash(self) -> str:
+        """The CA's sha256: hash as the server logs it (what --ca-cert-hash pins)."""
+        m = re.findall(r"ca_hash=(sha256:[0-9a-f]{64})", strip_ansi(self.log_text()))
+        assert m, f"{self} has not logged its CA hash yet"
+        return m[-1]
 
     @property
     def raft_addr(self) -> str:
@@ -341,7 +390,7 @@ class BerthCluster:
 
     def __init__(self, size: int = 3):
         self.nodes: list[BerthNode] = []
-        first = BerthNode(1)
+        first = BerthNode(1, join_token=JOIN_TOKEN)
         self.nodes.append(first)
         for i in range(2, size + 1):
             self.nodes.append(BerthNode(i, join=first.raft_addr))
@@ -470,8 +519,12 @@ def aws(*args: str, node: Optional[BerthNode] = None, endpoint: Optional[str] = 
             "AWS_MAX_ATTEMPTS": "1",
         })
     argv = [str(AWS_BIN)]
+    if node is None and endpoint:
+        node = next((n for n in reversed(ALL_NODES) if endpoint.startswith(n.endpoint)), None)
     if node is not None:
-        endpoint = node.endpoint
+        endpoint = endpoint or node.endpoint
+        if "AWS_CA_BUNDLE" not in env and not node.insecure_http:
+            env = {**env, "AWS_CA_BUNDLE": str(node.ca_bundle)}
     if endpoint:
         argv += ["--endpoint-url", endpoint]
     argv += ["--output", "json", *args]
@@ -519,6 +572,7 @@ def boto3_client(node: BerthNode, access_key: str = ACCESS_KEY, secret_key: str 
     session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                     region_name=REGION)
     return session.client("ecs", endpoint_url=node.endpoint,
+                          verify=False if node.insecure_http else str(node.ca_bundle),
                           config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
                                         connect_timeout=5, read_timeout=read_timeout))
 
@@ -585,7 +639,7 @@ class RawClient:
 
     def send(self, body: bytes, headers: dict[str, str], path: str = "/") -> RawResponse:
         if self.conn is None:
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            self.conn = api_connection(self.port, self.timeout)
         try:
             self.conn.request("POST", path, body=body, headers=headers)
             resp = self.conn.getresponse()
@@ -891,8 +945,13 @@ class AgentProcess:
                  cni_bridge: Optional[str] = None, cni_subnet: Optional[str] = None,
                  insecure_registries: tuple[str, ...] | list[str] = (),
                  registry_credentials: Optional[dict[str, str]] = None,
-                 netns: Optional[str] = None, extra_args: Optional[list[str]] = None):
+                 netns: Optional[str] = None, extra_args: Optional[list[str]] = None,
+                 pin_ca: bool = True):
+        """`pin_ca`: pass the server's CA hash as --ca-cert-hash (the documented join);
+        without it the agent verifies the servers by the join token alone."""
         self.server_addr = server.raft_addr if isinstance(server, BerthNode) else server
+        self.server_node = server if isinstance(server, BerthNode) else None
+        self.pin_ca = pin_ca
         self.cluster = cluster
         self.id = unique(name)
         self.join_token = join_token
@@ -926,6 +985,8 @@ class AgentProcess:
             "--data-dir", str(self.data_dir),
             "--namespace", self.namespace,
         ]
+        if self.pin_ca and self.server_node is not None and "--ca-cert-hash" not in self.extra_args:
+            a += ["--ca-cert-hash", self.server_node.ca_hash()]
         for k, v in {**self.attributes, AGENT_ID_ATTRIBUTE: self.id}.items():
             a += ["--attribute", f"{k}={v}"]
         if self.availability_zone:
@@ -1204,6 +1265,8 @@ def berth_client_env(node: Optional[BerthNode] = None) -> dict[str, str]:
     if node is not None:
         env["AWS_ENDPOINT_URL"] = node.endpoint
         env["AWS_ENDPOINT_URL_ECS"] = node.endpoint
+        if not node.insecure_http:
+            env["AWS_CA_BUNDLE"] = str(node.ca_bundle)
     return env
 
 

@@ -77,6 +77,7 @@ def test_config_file_and_environment_then_sigterm_keeps_the_data(tmp_path):
     try:
         node = BerthNode(node_id=7)
         node.api_port = api
+        node.data_dir = tmp_path / "data"
         node.proc = proc
         node.wait_leader()
         res = aws("ecs", "create-cluster", "--cluster-name", "fromfile", node=node)

@@ -47,7 +47,16 @@ class DevProcess:
         self.api_port = same_as.api_port if same_as else free_port()
         self.raft_port = same_as.raft_port if same_as else free_port()
         self.proc = None
+        self.insecure_http = "--api-insecure-http" in self.extra_args
         ALL_NODES.append(self)
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.data_dir / "server" / "tls" / "ca.pem"
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
 
     def start(self) -> float:
         """Start and wait for readiness; returns the seconds it took."""
@@ -68,9 +77,13 @@ class DevProcess:
             # profile it announces has been written.
             if self.proc.poll() is not None:
                 raise AssertionError(f"berth dev exited with {self.proc.returncode}:\n{tail(self.log_text())}")
-            import http.client
             import json
-            conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=2)
+
+            from berth_harness import api_connection
+            try:
+                conn = api_connection(self.api_port, 2)
+            except OSError:
+                return False
             try:
                 conn.request("GET", "/healthz")
                 r = conn.getresponse()

@@ -788,7 +788,7 @@ def signed_query(server, body: str, service: str = "elasticloadbalancing"):
     req = AWSRequest(method="POST", url=f"http://127.0.0.1:{server.api_port}/", data=body.encode(),
                      headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
     SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), service, REGION).add_auth(req)
-    conn = http.client.HTTPConnection("127.0.0.1", server.api_port, timeout=10)
+    conn = h.api_connection(server.api_port, 10)
     try:
         conn.request("POST", "/", body=body.encode(), headers=dict(req.headers.items()))
         resp = conn.getresponse()
@@ -825,38 +825,3 @@ def test_raw_query_protocol(server):
 
     # ECS on the same endpoint is unaffected.
     assert "clusterArns" in aws("ecs", "list-clusters", node=server).json
-
-
-def test_drain_reports_need_the_join_token_and_a_well_formed_body():
-    """`POST /berth/lb/report` (what `berth lb` edge nodes send so a drain can end early)
-    is for nodes holding the cluster's join token, and says what is wrong with a bad body."""
-    import berth_harness as h
-
-    node = h.BerthNode(1, join_token=h.JOIN_TOKEN).start()
-    try:
-        node.wait_leader()
-
-        def post(body: bytes, token: str | None) -> tuple[int, dict]:
-            c = http.client.HTTPConnection(node.host, node.api_port, timeout=10)
-            headers = {"Content-Type": "application/json"}
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token}"
-            c.request("POST", "/berth/lb/report", body=body, headers=headers)
-            r = c.getresponse()
-            return r.status, json.loads(r.read() or b"{}")
-
-        good = json.dumps({"node": "edge-host-1", "idle": []}).encode()
-        status, body = post(good, None)
-        assert status == 403 and "join token" in body["message"], body
-        status, body = post(good, "wrong-token")
-        assert status == 403, body
-        status, body = post(b"{not json", h.JOIN_TOKEN)
-        assert status == 400 and body["__type"] == "SerializationException", body
-        status, body = post(json.dumps({"node": "server-1", "idle": []}).encode(), h.JOIN_TOKEN)
-        assert status == 400 and body["__type"] == "InvalidParameterException" and "'server-1'" in body["message"], body
-        status, body = post(json.dumps({"node": "edge-a b", "idle": []}).encode(), h.JOIN_TOKEN)
-        assert status == 400 and "'edge-a b'" in body["message"], body
-        status, body = post(good, h.JOIN_TOKEN)
-        assert status == 200, body
-    finally:
-        node.cleanup()

@@ -4,15 +4,15 @@ One server (`--agent-heartbeat-timeout 3s`, so sessions check their token every 
 and real `berth agent` processes on the local containerd. Every refusal is asserted as
 the agent prints it (the agent exits: a refused token is not retried) and as the server
 logs it with the peer's address; a refused machine never shows up as a container
-instance. The load balancer feed (`GET /berth/lb/config`) takes lb tokens.
+instance. `berth lb` edge nodes join with lb tokens.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -68,14 +68,36 @@ def refused(a: h.AgentProcess, node: h.BerthNode, reason: str, registered_before
     assert lines and 'peer="127.0.0.1:' in lines[-1], lines
 
 
-def lb_feed(node: h.BerthNode, tok: str) -> int:
-    req = urllib.request.Request(f"{node.endpoint}/berth/lb/config",
-                                 headers={"Authorization": f"Bearer {tok}"})
+def lb_joins(node: h.BerthNode, tok: str) -> bool:
+    """Whether `berth lb` with this token is given its certificate (True) or refused and
+    exits (False); the server logs a refusal with the peer's address."""
+    work = Path(tempfile.mkdtemp(prefix="berth-lb-join-"))
+    log = work / "lb.log"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen([str(h.BERTH_BIN), "lb", "--server", node.raft_addr, "--join-token", tok,
+                              "--ca-cert-hash", node.ca_hash(), "--data-dir", str(work / "d"),
+                              "--bind", "127.0.0.1"], stdout=fh, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=h.server_env())
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
+        def outcome():
+            text = log.read_text(errors="replace")
+            if "joined the cluster" in text:
+                return "joined"
+            if p.poll() is not None:
+                assert "the cluster refused this lb node" in text, text
+                return "refused"
+            return None
+        res = h.wait_until(outcome, 30, "berth lb to join or be refused",
+                           on_timeout=lambda: log.read_text(errors="replace"))
+        if res == "refused":
+            plain = h.strip_ansi(node.log_text())
+            assert any("lb node refused" in l and 'peer="127.0.0.1:' in l for l in plain.splitlines()), \
+                "the server must log the refusal with the peer"
+        return res == "joined"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
 
 
 def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
@@ -108,6 +130,9 @@ def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
     b.id = a.id  # the same test attribute, to find its container instance
     b.data_dir = a.data_dir
     a.stop()
+    # Without its certificate (the machine must join again), under its old id.
+    import shutil
+    shutil.rmtree(a.data_dir / "tls")
     server[2].append(b)
     refused(b.start(), node, f"join token {other.split('.')[0]} has expired", registered_before=True)
     a.start()
@@ -131,23 +156,21 @@ def test_tokens_admit_within_their_kind_expiry_uses_and_revocation(server):
 
     # Bad input: a clear error, nothing created.
     before = set(tokens(node))
-    for args, msg in [(["--kind", "admin"], "token kind must be agent or lb, not 'admin'"),
-                      (["--kind", "server"], "server join tokens are not available yet"),
-                      (["--kind", "agent", "--ttl", "1w"], "not '1w'"),
-                      (["--kind", "lb", "--max-uses", "2"], "an lb token takes no maxUses")]:
+    for args, msg in [(["--kind", "admin"], "token kind must be agent, lb or server, not 'admin'"),
+                      (["--kind", "agent", "--ttl", "1w"], "not '1w'")]:
         p = h.berth("token", "create", *args, node=node, expect_rc=1)
         assert msg in p.stderr, p.stderr
     p = h.berth("token", "revoke", "zzzz9999", node=node, expect_rc=1)
     assert "ResourceNotFoundException" in p.stderr and "zzzz9999" in p.stderr, p.stderr
     assert set(tokens(node)) == before
 
-    # The load balancer feed takes lb tokens (and the servers' own), nothing else.
-    assert lb_feed(node, lb) == 200
-    assert lb_feed(node, h.JOIN_TOKEN) == 200
-    assert lb_feed(node, short) == 403
-    assert lb_feed(node, token(node, "--kind", "agent")) == 403  # a live token of the wrong kind
+    # `berth lb` joins with lb tokens (and the servers' own), nothing else.
+    assert lb_joins(node, lb)
+    assert lb_joins(node, h.JOIN_TOKEN)
+    assert not lb_joins(node, short)
+    assert not lb_joins(node, token(node, "--kind", "agent"))  # a live token of the wrong kind
     h.berth("token", "revoke", lb.split(".")[0], node=node)
-    assert lb_feed(node, lb) == 403
+    assert not lb_joins(node, lb)
 
     # No token secret is anywhere in the server's data: only hashes are kept.
     blob = b"".join(p.read_bytes() for p in Path(node.data_dir).rglob("*") if p.is_file()

@@ -495,7 +495,8 @@ def test_an_edge_node_follows_the_cluster(env, alb, slow, hosts, tmp_path):
     ip = hosts.ip_of("berth-h1")
     log = open(tmp_path / "edge.log", "wb")
     proc = subprocess.Popen(["nsenter", "--net=/run/netns/berth-h1", "--", str(h.BERTH_BIN), "lb",
-                             "--server", f"{env.node.host}:{env.node.api_port}", "--join-token", h.JOIN_TOKEN,
+                             "--server", env.node.raft_addr, "--join-token", h.JOIN_TOKEN,
+                             "--ca-cert-hash", env.node.ca_hash(), "--data-dir", str(tmp_path / "edge"),
                              "--bind", ip], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         edge = f"http://{ip}:{alb['port']}"

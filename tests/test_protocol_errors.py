@@ -7,7 +7,7 @@ import http.client
 import json
 import socket
 
-from berth_harness import (JSON_CT, TARGET_PREFIX, RawClient, aws, call,
+from berth_harness import (JSON_CT, TARGET_PREFIX, RawClient, api_connection, aws, call,
                            cluster_arn, expect_cli_error, ok, sign_headers, unique)
 
 
@@ -83,7 +83,7 @@ def test_oversized_body(server):
                           "padding": "x" * (2 * 1024 * 1024)}).encode()
     headers = sign_headers(server.api_port, f"{TARGET_PREFIX}.CreateCluster", payload)
     headers["Host"] = f"127.0.0.1:{server.api_port}"
-    conn = http.client.HTTPConnection("127.0.0.1", server.api_port, timeout=15)
+    conn = api_connection(server.api_port, 15)
     try:
         conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)
         for k, v in headers.items():

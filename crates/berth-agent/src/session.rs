@@ -117,17 +117,15 @@ async fn renew_loop(
     loop {
         let current = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
         let wait = match current.as_ref().and_then(|m| m.identity().ok()) {
-            Some(id) => {
-                let life = (id.not_after - id.not_before).max(1) as f64;
-                Duration::from_secs_f64((life / 20.0).clamp(0.5, 60.0))
-            }
+            Some(id) => id.check_interval(now_unix()),
             None => Duration::from_secs(1),
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
-        let Some(m) = current else { continue };
+        // The certificate now (a reconnect may have joined anew meanwhile).
+        let Some(m) = creds.read().unwrap_or_else(|p| p.into_inner()).clone() else { continue };
         let Ok(id) = m.identity() else { continue };
         if !id.due_for_renewal(now_unix()) || id.not_after <= now_unix() {
             continue;

@@ -126,7 +126,7 @@ pub fn refusal(node: &ServerNode, id: &Identity) -> Option<String> {
         // Servers are not cut off by the token they joined with (the servers' own token
         // admits them all); they leave the cluster by membership.
         if revoked && !matches!(id.role, Role::Server(_)) {
-            return Some(format!("join token {t}, which admitted this {}, was revoked", id.role.kind()));
+            return Some(format!("join token {t} was revoked"));
         }
     }
     if let Role::Agent { cluster, instance } = &id.role {
@@ -180,11 +180,10 @@ async fn accept_one(
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or("no client certificate")?;
-        let id = berth_tls::identity_of(der).map_err(|e| e.to_string())?;
-        if let Some(why) = refusal(node, &id) {
-            return Err(format!("{}: {why}", id.role));
-        }
-        Peer::Member(id)
+        // Whether the holder is still admitted (its instance registered, its token not
+        // revoked) is checked by each service, so the refusal reaches it as a clear
+        // AccessDenied rather than a dropped handshake.
+        Peer::Member(berth_tls::identity_of(der).map_err(|e| e.to_string())?)
     };
     Ok(PeerStream {
         inner: Box::new(tls),
@@ -205,6 +204,19 @@ enum Allow {
     Members,
     /// The join service: joining connections only.
     Joining,
+}
+
+impl Allow {
+    fn holders(self) -> &'static str {
+        match self {
+            Allow::RaftPeers => "the servers in this server's Raft membership",
+            Allow::Servers => "servers",
+            Allow::Agents => "agents",
+            Allow::Lbs => "berth lb nodes",
+            Allow::Members => "the cluster's members",
+            Allow::Joining => "machines joining the cluster",
+        }
+    }
 }
 
 fn interceptor(
@@ -239,7 +251,8 @@ fn interceptor(
             };
             tracing::warn!(peer = %info.addr, who, service = ?allow, "cluster port: call refused for this certificate's role");
             Err(Status::permission_denied(format!(
-                "{who} may not call this service ({allow:?} only)"
+                "{who} may not call this service (it is for {})",
+                allow.holders()
             )))
         }
     }
@@ -363,7 +376,12 @@ fn denied(
     what: &str,
     message: impl std::fmt::Display,
 ) -> Result<tonic::Response<Reply>, Status> {
-    tracing::warn!(peer, what, reason = %message, "cluster port: refused");
+    match what {
+        "agent join" => tracing::warn!(peer, what, reason = %message, "agent refused"),
+        "lb join" | "lb feed" => tracing::warn!(peer, what, reason = %message, "lb node refused"),
+        "server join" => tracing::warn!(peer, what, reason = %message, "server refused"),
+        _ => tracing::warn!(peer, what, reason = %message, "cluster port: refused"),
+    }
     fail(ACCESS_DENIED, message)
 }
 

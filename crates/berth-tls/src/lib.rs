@@ -121,6 +121,14 @@ impl Identity {
         let life = (self.not_after - self.not_before).max(1);
         now >= self.not_after - life / 3
     }
+
+    /// How long a holder may wait before checking [`Identity::due_for_renewal`] again:
+    /// a twentieth of the lifetime, and never past a quarter of what is left.
+    pub fn check_interval(&self, now: i64) -> Duration {
+        let life = (self.not_after - self.not_before).max(1) as f64;
+        let left = (self.not_after - now).max(0) as f64;
+        Duration::from_secs_f64((life / 20.0).min(left / 4.0).clamp(0.5, 60.0))
+    }
 }
 
 /// Reads the berth identity out of a certificate (one already verified by the handshake).
@@ -375,8 +383,10 @@ impl Ca {
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.use_authority_key_identifier_extension = true;
-        // A little slack before now for clocks that are behind.
-        params.not_before = now() - time::Duration::minutes(5);
+        // A little slack before now for clocks that are behind (5 min, less for short
+        // lifetimes so that renewing at two thirds still means something).
+        let slack = what.lifetime.div_f64(10.0).min(Duration::from_secs(300));
+        params.not_before = now() - slack;
         params.not_after = now() + what.lifetime;
         params.serial_number = Some(random_serial());
         Ok(params)

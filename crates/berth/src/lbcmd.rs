@@ -143,8 +143,9 @@ async fn renew_loop(servers: Vec<String>, dir: std::path::PathBuf, creds: Creds)
     loop {
         let m = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Ok(id) = m.identity() else { return };
-        let life = (id.not_after - id.not_before).max(1) as f64;
-        tokio::time::sleep(Duration::from_secs_f64((life / 20.0).clamp(0.5, 60.0))).await;
+        tokio::time::sleep(id.check_interval(berth_store::now_secs() as i64)).await;
+        let m = creds.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Ok(id) = m.identity() else { return };
         if !id.due_for_renewal(berth_store::now_secs() as i64) {
             continue;
         }

@@ -37,7 +37,8 @@ pub struct ApiArgs {
 
 #[derive(Args)]
 pub struct CreateArgs {
-    /// Who presents it: `agent` (berth agent) or `lb` (berth lb edge nodes).
+    /// Who presents it: `agent` (berth agent), `lb` (berth lb edge nodes) or `server`
+    /// (berth server --join: it receives the cluster CA).
     #[arg(long)]
     pub kind: String,
     /// How long it admits new machines: `30m`, `24h`, `7d`, or seconds (default: no

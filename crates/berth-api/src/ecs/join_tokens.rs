@@ -90,11 +90,6 @@ pub(super) async fn create_join_token(
             )))
         }
     };
-    if kind == TokenKind::Lb && max_uses.is_some() {
-        return Err(ApiError::invalid(
-            "maxUses counts the machines a token admits; berth lb nodes do not register, so an lb token takes no maxUses.",
-        ));
-    }
     let description = req.description.unwrap_or_default();
     if description.chars().count() > 256 || description.chars().any(char::is_control) {
         return Err(ApiError::invalid(
