@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from berth_harness import (ACCESS_KEY, ACCOUNT, REGION, SECRET_KEY, aws, expect_cli_error,
+from berth_harness import (ACCESS_KEY, ACCOUNT, REGION, SECRET_KEY, api_connection, aws, expect_cli_error,
                            free_port, unique, wait_until)
 
 ARN_PREFIX = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}"
@@ -742,7 +742,8 @@ def test_boto3_elbv2_client(server):
 
     client = boto3.session.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
                                    region_name=REGION).client(
-        "elbv2", endpoint_url=server.endpoint, config=Config(retries={"max_attempts": 1}))
+        "elbv2", endpoint_url=server.endpoint, verify=str(server.ca_bundle),
+        config=Config(retries={"max_attempts": 1}))
     lb = client.create_load_balancer(Name=name("b3"), Subnets=["subnet-a"])["LoadBalancers"][0]
     assert isinstance(lb["CreatedTime"], dt.datetime)
     tg = client.create_target_group(Name=name("b3tg"), Protocol="HTTP", Port=8080,
@@ -788,7 +789,7 @@ def signed_query(server, body: str, service: str = "elasticloadbalancing"):
     req = AWSRequest(method="POST", url=f"http://127.0.0.1:{server.api_port}/", data=body.encode(),
                      headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
     SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), service, REGION).add_auth(req)
-    conn = h.api_connection(server.api_port, 10)
+    conn = api_connection(server.api_port, 10)
     try:
         conn.request("POST", "/", body=body.encode(), headers=dict(req.headers.items()))
         resp = conn.getresponse()

@@ -42,7 +42,8 @@ def env(containerd, registry):
 
 
 def new_agent(env: h.AgentEnv, name: str, **kw) -> h.AgentProcess:
-    a = h.AgentProcess(env.node, env.cluster, name=name, insecure_registries=[env.registry.addr], **kw)
+    a = h.AgentProcess(env.node, env.cluster, name=name, insecure_registries=[env.registry.addr],
+                       cni_bridge="berthtls0", cni_subnet="10.98.40.0/24", **kw)
     env.agents.append(a)
     return a
 

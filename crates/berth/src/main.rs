@@ -607,9 +607,13 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
             Some(_) => "<the --join-token>".to_string(),
             None => format!("$(cat {})", cfg.data_dir.join("join-token").display()),
         };
-        eprintln!(
-            "\nberth: created the cluster CA {hash}\n  CA bundle for clients:  {bundle}  (export AWS_CA_BUNDLE={bundle})\n  add a machine:          berth agent --server {raft} --cluster default --join-token {token_hint} --ca-cert-hash {hash}\n  add a server:           berth server --node-id 2 --join {raft} --join-token {token_hint} --ca-cert-hash {hash} ...\n  (or a token of its own: berth token create --kind agent|server|lb)\n",
-            bundle = bundle.display()
+        tracing::info!(
+            ca_hash = %hash,
+            ca_bundle = %bundle.display(),
+            add_agent = %format!("berth agent --server {raft} --cluster default --join-token {token_hint} --ca-cert-hash {hash}"),
+            add_server = %format!("berth server --node-id 2 --join {raft} --join-token {token_hint} --ca-cert-hash {hash} ..."),
+            clients = %format!("export AWS_CA_BUNDLE={}", bundle.display()),
+            "created the cluster CA: machines join with the commands below (or with a token of their own: berth token create --kind agent|server|lb)"
         );
     }
     Ok(Running {
