@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub api_san: Vec<String>,
     /// Lifetime of agent and lb certificates (renewed at two thirds, e.g. "7d", "12h").
     pub cert_lifetime: String,
+    /// `berth bench` only: the cluster port without TLS, to measure what TLS costs.
+    #[serde(skip)]
+    pub bench_plain_cluster_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             tls_key: None,
             api_san: vec![],
             cert_lifetime: "7d".into(),
+            bench_plain_cluster_port: false,
         }
     }
 }
@@ -287,6 +291,9 @@ impl ServerConfig {
         };
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             errs.push("tls-cert and tls-key go together: give both, or neither for a certificate from the cluster CA".into());
+        }
+        if self.bench_plain_cluster_port && !self.api_insecure_http {
+            errs.push("the plain cluster port (a benchmark's comparison) goes with api-insecure-http".into());
         }
         if self.api_insecure_http && self.tls_cert.is_some() {
             errs.push("api-insecure-http and tls-cert contradict each other".into());

@@ -168,6 +168,10 @@ pub struct ServerArgs {
     /// when a third is left).
     #[arg(long, env = "BERTH_CERT_LIFETIME")]
     cert_lifetime: Option<String>,
+    /// `berth bench` only: no TLS on the cluster port (anyone who reaches it can write
+    /// the cluster state), to measure what mutual TLS costs.
+    #[arg(long, hide = true)]
+    bench_plain_cluster_port: bool,
 }
 
 impl ServerArgs {
@@ -203,6 +207,7 @@ impl ServerArgs {
         if self.api_insecure_http {
             c.api_insecure_http = true;
         }
+        c.bench_plain_cluster_port = self.bench_plain_cluster_port;
         if self.tls_cert.is_some() {
             c.tls_cert = self.tls_cert;
         }
@@ -499,14 +504,19 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
     let pki = berth_server::pki::Pki::prepare(
         &cfg.data_dir,
         cfg.node_id,
-        plan,
+        // Plain (a benchmark's comparison): nothing to join over TLS; the CA made here is unused.
+        if cfg.bench_plain_cluster_port { None } else { plan },
         berth_server::pki::Lifetimes {
             member: valid.cert_lifetime,
             ..Default::default()
         },
     )
     .await?;
-    ncfg.pki = Some(pki.clone());
+    if cfg.bench_plain_cluster_port {
+        tracing::warn!("the cluster port is PLAIN gRPC (--bench-plain-cluster-port, for benchmarks only): anyone who reaches it can write the cluster state");
+    } else {
+        ncfg.pki = Some(pki.clone());
+    }
     if !cfg.fsync {
         tracing::warn!("fsync is OFF: acknowledged writes can be lost on power failure");
     }

@@ -66,6 +66,9 @@ pub struct ApiBenchArgs {
     /// Skip the etcd peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// Skip the multi-node runs without TLS on the cluster port (the TLS-cost comparison).
+    #[arg(long)]
+    pub no_plain: bool,
     /// Skip the warm-restart measurement.
     #[arg(long)]
     pub no_restart: bool,
@@ -414,7 +417,7 @@ struct Ctx {
 
 /// Starts an n-node berth cluster; records node 1's spawn→healthz and the
 /// spawn→all-voters time.
-async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path) -> anyhow::Result<Vec<Proc>> {
+async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path, extra: &[String]) -> anyhow::Result<Vec<Proc>> {
     std::fs::create_dir_all(dir)?;
     let ports = free_ports(2 * n)?;
     let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -428,7 +431,7 @@ async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path) -> anyhow::Result<Vec<
         loopback(ports[1]),
         None,
         ctx.args.fsync,
-        &[],
+        extra,
     )?;
     let up = wait_berth_healthy(&mut p1, deadline).await?;
     let plural = if n == 1 { "" } else { "s" };
@@ -454,7 +457,7 @@ async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path) -> anyhow::Result<Vec<
             loopback(ports[i + 1]),
             Some(join),
             ctx.args.fsync,
-            &[],
+            extra,
         )?);
     }
     wait_berth_voters(&mut ps, deadline).await?;
@@ -484,12 +487,19 @@ fn remove_dir(ctx: &Ctx, dir: &Path) {
     }
 }
 
-async fn berth_topology(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
-    let dir = ctx.root.join(format!("berth-{n}"));
-    let mut ps = start_berth(ctx, n, &dir).await?;
+/// One berth topology under load. `plain`: without TLS on the cluster port, to show what
+/// mutual TLS costs on the write path (the default run has it on).
+async fn berth_topology(ctx: &mut Ctx, n: usize, plain: bool) -> anyhow::Result<f64> {
+    let dir = ctx.root.join(format!("berth-{n}{}", if plain { "-plain" } else { "" }));
+    let extra: Vec<String> = if plain {
+        vec!["--bench-plain-cluster-port".into()]
+    } else {
+        vec![]
+    };
+    let mut ps = start_berth(ctx, n, &dir, &extra).await?;
     let addrs: Vec<SocketAddr> = ps.iter().map(|p| p.api).collect();
     let stats = load(
-        "berth",
+        if plain { "berth-plain" } else { "berth" },
         n,
         &addrs,
         ctx.args.clients,
@@ -499,8 +509,16 @@ async fn berth_topology(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
     )
     .await?;
     stats.print();
+    let rps = stats.rps();
     for p in ps.iter_mut() {
         p.check_alive()?;
+    }
+    if plain {
+        ctx.report.runs.push(stats);
+        stop_all(&mut ps).await;
+        drop(ps);
+        remove_dir(ctx, &dir);
+        return Ok(rps);
     }
     if let Some(rss) = ps[0].pid().and_then(rss_mib) {
         let revs = latest_revision(ps[0].api).await;
@@ -521,7 +539,7 @@ async fn berth_topology(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
     }
     drop(ps);
     remove_dir(ctx, &dir);
-    Ok(())
+    Ok(rps)
 }
 
 /// The newest revision of family "bench", via a signed DescribeTaskDefinition.
@@ -720,7 +738,16 @@ pub(crate) async fn api(args: ApiBenchArgs) -> anyhow::Result<()> {
     for &n in &args.nodes {
         let plural = if n == 1 { "" } else { "s" };
         println!("\n== {n} node{plural} ==");
-        berth_topology(&mut ctx, n).await?;
+        let tls = berth_topology(&mut ctx, n, false).await?;
+        if n > 1 && !args.no_plain {
+            let plain = berth_topology(&mut ctx, n, true).await?;
+            let line = format!(
+                "berth {n}-node: mutual TLS on the cluster port costs {:.1}% of write throughput ({tls:.0} req/s with it, {plain:.0} req/s plain)",
+                (1.0 - tls / plain) * 100.0
+            );
+            println!("  {line}");
+            ctx.report.notes.push(line);
+        }
         if peer {
             if let Err(e) = etcd_topology(&mut ctx, n).await {
                 println!("  peer: etcd {n}-node run failed: {e:#}");

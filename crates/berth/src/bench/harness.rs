@@ -134,6 +134,9 @@ pub(crate) fn open_log(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The servers' shared join token in benchmarks (servers joining one another share it).
+pub(crate) const BENCH_JOIN_TOKEN: &str = "bench-join-token-0123456789";
+
 pub(crate) fn spawn_berth(
     exe: &Path,
     id: u64,
@@ -159,7 +162,13 @@ pub(crate) fn spawn_berth(
         .arg("--access-key")
         .arg(format!("{ACCESS_KEY}:{SECRET}"))
         .arg("--fsync")
-        .arg(fsync.to_string());
+        .arg(fsync.to_string())
+        // The load clients speak plain HTTP (as to etcd): what is measured is the write path
+        // behind the API, over the cluster port's mutual TLS unless `extra` turns it off.
+        .arg("--api-insecure-http");
+    if !extra.iter().any(|a| a == "--join-token") {
+        cmd.arg("--join-token").arg(BENCH_JOIN_TOKEN);
+    }
     if let Some(j) = join {
         cmd.arg("--join").arg(j.to_string());
     }

@@ -85,6 +85,11 @@ pub struct SchedBenchArgs {
     /// Agent sessions opening at once.
     #[arg(long, default_value_t = 200)]
     pub concurrent_hellos: usize,
+    /// Mutual TLS on the cluster port, as in production: every simulated agent joins with
+    /// the token, gets its certificate and holds its own connection. Without it the cluster
+    /// port is plain and agents share connections (--agents-per-channel).
+    #[arg(long)]
+    pub tls: bool,
     /// How long a simulated task stays PENDING before it reports RUNNING (ms).
     #[arg(long, default_value_t = 100)]
     pub start_delay_ms: u64,
@@ -857,6 +862,12 @@ async fn e2e_part(args: &SchedBenchArgs) -> anyhow::Result<E2eReport> {
             .collect()
     };
     let mut extra: Vec<String> = vec!["--join-token".into(), token.clone()];
+    if args.tls {
+        println!("  cluster port: mutual TLS; each agent joins for its certificate and has its own connection");
+    } else {
+        extra.push("--bench-plain-cluster-port".into());
+        println!("  cluster port: plain (no --tls); agents share connections, {} per channel", args.agents_per_channel);
+    }
     if args.raft_heartbeat_ms > 0 {
         let hb = args.raft_heartbeat_ms;
         let path = root.join("server.toml");
@@ -942,6 +953,7 @@ async fn e2e_run(
             memory: INSTANCE_MEMORY,
             start_delay: Duration::from_millis(args.start_delay_ms),
             concurrent_hellos: args.concurrent_hellos,
+            tls: args.tls,
         },
         &servers,
         n,

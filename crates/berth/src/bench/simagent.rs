@@ -42,6 +42,9 @@ pub struct SimConfig {
     /// Sessions opening at once (each costs the servers a registration, a linearizable
     /// read and a full desired set); the others wait for a slot.
     pub concurrent_hellos: usize,
+    /// Mutual TLS, as real agents: each agent joins with the token (its certificate) and
+    /// has its own connection. Otherwise plain gRPC, agents sharing connections.
+    pub tls: bool,
 }
 
 /// Counters the driver reads while the agents run.
@@ -413,6 +416,42 @@ impl Fleet {
         let mut handles = Vec::with_capacity(count);
         let mut channel = None;
         for i in 0..count {
+            if cfg.tls {
+                let server = servers[i % servers.len()].clone();
+                let (cfg, stats, hellos, rx) = (cfg.clone(), stats.clone(), hellos.clone(), rx.clone());
+                handles.push(tokio::spawn(async move {
+                    let hello = hello(&cfg, i);
+                    let ch = loop {
+                        let joined = {
+                            let _slot = hellos.acquire().await;
+                            let mut h = hello.clone();
+                            h.join_token = String::new();
+                            berth_tls::join::join(
+                                &server,
+                                &cfg.join_token,
+                                None,
+                                berth_tls::join::Joining::Agent {
+                                    hello: serde_json::to_value(&h).unwrap_or_default(),
+                                },
+                            )
+                            .await
+                        };
+                        match joined {
+                            Ok((resp, key)) => {
+                                let m = berth_tls::join::Material { bundle: resp.ca_bundle, cert: resp.cert, key };
+                                match m.channel(&server) {
+                                    Ok(ch) => break ch,
+                                    Err(e) => stats.error(format!("{}: {e:#}", hello.instance_id)),
+                                }
+                            }
+                            Err(e) => stats.error(format!("{}: join: {e}", hello.instance_id)),
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    };
+                    agent(ch, hello, cfg, stats, hellos, rx).await
+                }));
+                continue;
+            }
             if i % per_channel == 0 {
                 let server = &servers[(i / per_channel) % servers.len()];
                 let ep = tonic::transport::Endpoint::from_shared(format!("http://{server}"))?
