@@ -42,8 +42,9 @@ def env(containerd, registry):
 
 
 def new_agent(env: h.AgentEnv, name: str, **kw) -> h.AgentProcess:
-    a = h.AgentProcess(env.node, env.cluster, name=name, insecure_registries=[env.registry.addr],
-                       cni_bridge="berthtls0", cni_subnet="10.98.40.0/24", **kw)
+    kw.setdefault("cni_bridge", "berthtls0")
+    kw.setdefault("cni_subnet", "10.98.40.0/24")
+    a = h.AgentProcess(env.node, env.cluster, name=name, insecure_registries=[env.registry.addr], **kw)
     env.agents.append(a)
     return a
 
@@ -272,3 +273,45 @@ def test_a_machine_shows_its_token_only_to_its_own_cluster(env, tmp_path):
 def http_error():
     import http.client
     return http.client.HTTPException
+
+
+@pytest.mark.timeout(240)
+def test_a_data_dir_from_before_tls_upgrades_in_place(env):
+    """What the release before the cluster CA left behind: a server data dir and agent
+    data dirs without `tls/`. The server makes the CA on its start, the agents (same
+    flags, the servers' old join token, no --ca-cert-hash) join again with it as the same
+    instances, and nothing running restarts. (Last in this module: the server gets a new CA.)"""
+    node = env.node
+    for other in env.agents:  # so the task lands on this machine
+        if other.alive():
+            other.stop()
+            other.wait_disconnected(node, timeout=30)
+    # Its own bridge and ports: the agents stopped above left their containers running.
+    a = new_agent(env, "tls-upgrade", pin_ca=False, cni_bridge="berthtls1", cni_subnet="10.98.41.0/24",
+                  extra_args=["--dynamic-ports", "50100-50199"])
+    a.start()
+    ci = a.wait_connected(node, timeout=60)
+    td = env.register({"family": "tls-up", "containerDefinitions": [
+        h.container_def("web", env.registry.image("1"), environment=[{"name": "PORT", "value": "80"}],
+                        portMappings=[{"containerPort": 80, "hostPort": 0, "protocol": "tcp"}])]})
+    task = env.run(td, count=1)[0]
+    running = env.wait(task["taskArn"], "RUNNING", timeout=60)
+    runtime_id = h.task_container(running, "web").get("runtimeId")
+    old_hash = node.ca_hash()
+    # Stop everything and take the TLS files away: the data dirs as the old release wrote them.
+    a.stop()
+    node.stop()
+    shutil.rmtree(node.data_dir / "tls")
+    shutil.rmtree(a.data_dir / "tls")
+    node.start()
+    node.wait_leader()
+    assert node.ca_hash() != old_hash
+    a.start()
+    h.wait_until(lambda: "joined the cluster" in a.log_text().rsplit("===== start", 1)[-1], 30,
+                 "the upgraded agent to get its certificate", on_timeout=lambda: h.tail(a.log_text()))
+    assert a.wait_connected(node, timeout=60)["containerInstanceArn"] == ci["containerInstanceArn"]
+    after = env.wait(task["taskArn"], "RUNNING")
+    assert h.task_container(after, "web").get("runtimeId") == runtime_id, "the task's container was restarted"
+    port = h.host_port(after, "web")
+    status, body = h.http_get(f"http://127.0.0.1:{port}/")
+    assert status == 200 and images.page_names(body, h.task_id(task["taskArn"]), "web")
