@@ -91,10 +91,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -130,7 +127,11 @@ pub fn refusal(node: &ServerNode, id: &Identity) -> Option<String> {
         }
     }
     if let Role::Agent { cluster, instance } = &id.role {
-        let rec = node.reader.container_instance(cluster, instance).ok().flatten();
+        let rec = node
+            .reader
+            .container_instance(cluster, instance)
+            .ok()
+            .flatten();
         if rec.is_some_and(|r| r.status() == "INACTIVE") {
             return Some(berth_store::tasks::deregistered_message(cluster, instance));
         }
@@ -153,8 +154,7 @@ async fn accept_one(
             },
         });
     };
-    let acceptor =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let start = acceptor
         .await
         .map_err(|e| format!("not a TLS client hello: {e}"))?;
@@ -272,7 +272,8 @@ impl ServerNode {
         if let Some(pki) = &node.pki {
             pki.spawn_renewal(shutdown.clone());
         }
-        let (conns_tx, conns_rx) = tokio::sync::mpsc::channel::<std::io::Result<PeerStream<Conn>>>(256);
+        let (conns_tx, conns_rx) =
+            tokio::sync::mpsc::channel::<std::io::Result<PeerStream<Conn>>>(256);
         {
             let node = node.clone();
             let mut shutdown = shutdown.clone();
@@ -292,12 +293,21 @@ impl ServerNode {
                     let node = node.clone();
                     let tx = conns_tx.clone();
                     tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), accept_one(&node, tcp, addr)).await {
+                        match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            accept_one(&node, tcp, addr),
+                        )
+                        .await
+                        {
                             Ok(Ok(conn)) => {
                                 let _ = tx.send(Ok(conn)).await;
                             }
-                            Ok(Err(why)) => tracing::warn!(peer = %addr, reason = why, "cluster port: connection refused"),
-                            Err(_) => tracing::warn!(peer = %addr, "cluster port: connection refused: no TLS handshake within 10 s"),
+                            Ok(Err(why)) => {
+                                tracing::warn!(peer = %addr, reason = why, "cluster port: connection refused")
+                            }
+                            Err(_) => {
+                                tracing::warn!(peer = %addr, "cluster port: connection refused: no TLS handshake within 10 s")
+                            }
                         }
                     });
                 }
@@ -386,7 +396,8 @@ fn denied(
 }
 
 fn decode<T: serde::de::DeserializeOwned>(p: &Payload) -> Result<T, Status> {
-    serde_json::from_slice(&p.data).map_err(|e| Status::invalid_argument(format!("bad request: {e}")))
+    serde_json::from_slice(&p.data)
+        .map_err(|e| Status::invalid_argument(format!("bad request: {e}")))
 }
 
 fn peer_addr<T>(req: &Request<T>) -> String {
@@ -434,7 +445,10 @@ impl Edge {
         {
             Ok(Response::Error { error }) => Err(error.message),
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("the cluster could not record the join: {}", e.message)),
+            Err(e) => Err(format!(
+                "the cluster could not record the join: {}",
+                e.message
+            )),
         }
     }
 
@@ -448,7 +462,10 @@ impl Edge {
         let mut hello: berth_model::agent::Hello = serde_json::from_value(hello)
             .map_err(|e| Status::invalid_argument(format!("bad Hello: {e}")))?;
         if hello.cluster.is_empty() || hello.instance_id.is_empty() {
-            return fail("InvalidParameter", "an agent joins with its cluster and instance id");
+            return fail(
+                "InvalidParameter",
+                "an agent joins with its cluster and instance id",
+            );
         }
         let node = &self.node;
         let registered = node
@@ -470,7 +487,10 @@ impl Edge {
             Ok(id) => id,
             Err(r) => return denied(peer, "agent join", r),
         };
-        if registered.as_ref().is_some_and(|ci| ci.status() == "INACTIVE") {
+        if registered
+            .as_ref()
+            .is_some_and(|ci| ci.status() == "INACTIVE")
+        {
             return denied(
                 peer,
                 "agent join",
@@ -505,7 +525,13 @@ impl Edge {
         let cert = pki
             .issue(csr, role, Some(&token_id))
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        tracing::info!(peer, cluster = hello.cluster, instance_id = hello.instance_id, token = token_id, "agent joined: issued its certificate");
+        tracing::info!(
+            peer,
+            cluster = hello.cluster,
+            instance_id = hello.instance_id,
+            token = token_id,
+            "agent joined: issued its certificate"
+        );
         ok_json(&JoinResponse {
             cert,
             ca_bundle: pki.bundle(),
@@ -520,8 +546,8 @@ impl Join for Edge {
     async fn discover(&self, req: Request<Payload>) -> Result<tonic::Response<Reply>, Status> {
         let peer = peer_addr(&req);
         let d: DiscoverRequest = decode(req.get_ref())?;
-        let nonce = hex::decode(&d.nonce)
-            .map_err(|_| Status::invalid_argument("the nonce must be hex"))?;
+        let nonce =
+            hex::decode(&d.nonce).map_err(|_| Status::invalid_argument("the nonce must be hex"))?;
         let Some(key) = self.token_hash(&d.token_id) else {
             return denied(
                 &peer,
@@ -555,7 +581,9 @@ impl Join for Edge {
             Joining::Lb { name } => {
                 let ok_name = !name.is_empty()
                     && name.len() <= 200
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
                 if !ok_name {
                     return fail("InvalidParameter", format!("an lb node's name must be letters, digits, '-', '_' or '.', not '{name}'"));
                 }
@@ -570,7 +598,12 @@ impl Join for Edge {
                 let cert = pki
                     .issue(&j.csr, Role::Lb(name.clone()), Some(&id))
                     .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-                tracing::info!(peer, name, token = id, "lb node joined: issued its certificate");
+                tracing::info!(
+                    peer,
+                    name,
+                    token = id,
+                    "lb node joined: issued its certificate"
+                );
                 ok_json(&JoinResponse {
                     cert,
                     ca_bundle: pki.bundle(),
@@ -590,7 +623,12 @@ impl Join for Edge {
                 let cert = pki
                     .issue(&j.csr, Role::Server(node_id), Some(&id))
                     .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-                tracing::info!(peer, node_id, token = id, "server joined: issued its certificate and sent the CA");
+                tracing::info!(
+                    peer,
+                    node_id,
+                    token = id,
+                    "server joined: issued its certificate and sent the CA"
+                );
                 ok_json(&JoinResponse {
                     cert,
                     ca_bundle: pki.bundle(),
@@ -611,7 +649,9 @@ impl Certs for Edge {
             ..
         }) = PeerInfo::of(&req).cloned()
         else {
-            return Err(Status::permission_denied("renewal needs a member certificate"));
+            return Err(Status::permission_denied(
+                "renewal needs a member certificate",
+            ));
         };
         let r: RenewRequest = decode(req.get_ref())?;
         if let Some(why) = refusal(&self.node, &id) {
@@ -663,7 +703,10 @@ impl LbFeed for Edge {
         if !name_ok {
             return fail(
                 "InvalidParameter",
-                format!("A drain report's node must be named edge-…, not '{}'", report.node),
+                format!(
+                    "A drain report's node must be named edge-…, not '{}'",
+                    report.node
+                ),
             );
         }
         let cmd = Command::ElbDrainReport {
@@ -680,7 +723,10 @@ impl LbFeed for Edge {
 
 impl Edge {
     /// A long-lived connection outlives a revocation: check on every call too.
-    fn still_admitted<T>(&self, req: &Request<T>) -> Option<Result<tonic::Response<Reply>, Status>> {
+    fn still_admitted<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Option<Result<tonic::Response<Reply>, Status>> {
         if let Some(PeerInfo {
             peer: Peer::Member(id),
             addr,

@@ -105,7 +105,8 @@ pub fn decode_reply<T: serde::de::DeserializeOwned>(reply: Reply) -> Result<T, J
             JoinError::Retry(reply.error)
         });
     }
-    serde_json::from_slice(&reply.data).map_err(|e| JoinError::Retry(format!("undecodable answer: {e}")))
+    serde_json::from_slice(&reply.data)
+        .map_err(|e| JoinError::Retry(format!("undecodable answer: {e}")))
 }
 
 pub fn payload<T: Serialize>(v: &T) -> Payload {
@@ -137,11 +138,14 @@ pub async fn discover(addr: &str, token: &str, pinned: Option<&str>) -> Result<S
         token_id: token_id.clone(),
         nonce: hex::encode(nonce),
     };
-    let reply = tokio::time::timeout(Duration::from_secs(15), JoinClient::new(ch).discover(payload(&req)))
-        .await
-        .map_err(|_| JoinError::Retry(format!("{addr}: no answer within 15 s")))?
-        .map_err(|s| status_err(addr, s))?
-        .into_inner();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        JoinClient::new(ch).discover(payload(&req)),
+    )
+    .await
+    .map_err(|_| JoinError::Retry(format!("{addr}: no answer within 15 s")))?
+    .map_err(|s| status_err(addr, s))?
+    .into_inner();
     let d: DiscoverResponse = decode_reply(reply)?;
     let hashes = crate::bundle_hashes(&d.ca_bundle)
         .map_err(|e| JoinError::Refused(format!("{addr} sent an unreadable CA bundle: {e}")))?;
@@ -182,11 +186,14 @@ pub async fn join(
         csr: kc.csr_pem,
         joining,
     };
-    let reply = tokio::time::timeout(Duration::from_secs(30), JoinClient::new(ch).join(payload(&req)))
-        .await
-        .map_err(|_| JoinError::Retry(format!("{addr}: no answer within 30 s")))?
-        .map_err(|s| status_err(addr, s))?
-        .into_inner();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        JoinClient::new(ch).join(payload(&req)),
+    )
+    .await
+    .map_err(|_| JoinError::Retry(format!("{addr}: no answer within 30 s")))?
+    .map_err(|s| status_err(addr, s))?
+    .into_inner();
     let resp: JoinResponse = decode_reply(reply)?;
     Ok((resp, kc.key_pem))
 }
@@ -202,7 +209,11 @@ pub struct Material {
 impl Material {
     pub fn load(dir: &std::path::Path, name: &str) -> anyhow::Result<Option<Material>> {
         let read = |f: &str| std::fs::read_to_string(dir.join(f));
-        match (read("ca.pem"), read(&format!("{name}.pem")), read(&format!("{name}.key"))) {
+        match (
+            read("ca.pem"),
+            read(&format!("{name}.pem")),
+            read(&format!("{name}.key")),
+        ) {
             (Ok(bundle), Ok(cert), Ok(key)) => Ok(Some(Material { bundle, cert, key })),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e))
                 if e.kind() == std::io::ErrorKind::NotFound =>
@@ -260,7 +271,11 @@ pub async fn renew(addr: &str, current: &Material) -> anyhow::Result<Material> {
     let id = m.identity().context("the renewed certificate")?;
     let old = current.identity()?;
     if id.role != old.role {
-        bail!("{addr} renewed the certificate for {} instead of {}", id.role, old.role);
+        bail!(
+            "{addr} renewed the certificate for {} instead of {}",
+            id.role,
+            old.role
+        );
     }
     Ok(m)
 }

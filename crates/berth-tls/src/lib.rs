@@ -170,9 +170,9 @@ pub fn ca_hash(der: &[u8]) -> anyhow::Result<String> {
 
 /// Normalizes a `--ca-cert-hash` (`sha256:<64 hex>`, case-insensitive) or names what is wrong.
 pub fn parse_ca_hash(given: &str) -> anyhow::Result<String> {
-    let hex_part = given
-        .strip_prefix("sha256:")
-        .ok_or_else(|| anyhow!("--ca-cert-hash must look like sha256:<64 hex digits>, not '{given}'"))?;
+    let hex_part = given.strip_prefix("sha256:").ok_or_else(|| {
+        anyhow!("--ca-cert-hash must look like sha256:<64 hex digits>, not '{given}'")
+    })?;
     if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("--ca-cert-hash must look like sha256:<64 hex digits>, not '{given}'");
     }
@@ -183,12 +183,15 @@ pub fn parse_ca_hash(given: &str) -> anyhow::Result<String> {
 /// `<id>.<secret>` tokens hash their secret; the servers' own (legacy) token hashes whole.
 pub fn token_key(presented: &str) -> (String, String) {
     let shaped = |p: &str, n: usize| {
-        p.len() == n && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
     match presented.split_once('.') {
-        Some((id, secret)) if shaped(id, 8) && shaped(secret, 32) => {
-            (id.to_string(), hex::encode(Sha256::digest(secret.as_bytes())))
-        }
+        Some((id, secret)) if shaped(id, 8) && shaped(secret, 32) => (
+            id.to_string(),
+            hex::encode(Sha256::digest(secret.as_bytes())),
+        ),
         _ => (
             "legacy".to_string(),
             hex::encode(Sha256::digest(presented.as_bytes())),
@@ -632,7 +635,16 @@ mod tests {
         let again = Ca::load(&ca.cert_pem, &ca.key_pem()).unwrap();
         assert_eq!(again.hash().unwrap(), ca.hash().unwrap());
         assert!(ca.hash().unwrap().starts_with("sha256:"));
-        assert_eq!(parse_ca_hash(&ca.hash().unwrap().to_uppercase().replace("SHA256", "sha256")).unwrap(), ca.hash().unwrap());
+        assert_eq!(
+            parse_ca_hash(
+                &ca.hash()
+                    .unwrap()
+                    .to_uppercase()
+                    .replace("SHA256", "sha256")
+            )
+            .unwrap(),
+            ca.hash().unwrap()
+        );
         assert!(parse_ca_hash("sha256:abc").is_err());
         assert!(parse_ca_hash("md5:00").is_err());
     }

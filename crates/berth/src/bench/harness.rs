@@ -133,10 +133,10 @@ pub(crate) fn open_log(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
     Ok((Stdio::from(f), Stdio::from(g)))
 }
 
-#[allow(clippy::too_many_arguments)]
 /// The servers' shared join token in benchmarks (servers joining one another share it).
 pub(crate) const BENCH_JOIN_TOKEN: &str = "bench-join-token-0123456789";
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn_berth(
     exe: &Path,
     id: u64,
