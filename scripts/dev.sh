@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what is missing, build berth (release), and start `berth dev`.
 #
-#   scripts/dev.sh                       # API on http://127.0.0.1:7700, data in ~/.berth/dev
+#   scripts/dev.sh                       # API on https://127.0.0.1:7700, data in ~/.berth/dev
 #   scripts/dev.sh --api-addr 0.0.0.0:7700 --data-dir /srv/berth   # extra arguments go to `berth dev`
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

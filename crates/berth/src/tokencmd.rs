@@ -30,7 +30,7 @@ pub struct ApiArgs {
     #[arg(long)]
     pub profile: Option<String>,
     /// The API endpoint (default: $AWS_ENDPOINT_URL_ECS, $AWS_ENDPOINT_URL, the profile's
-    /// endpoint_url, else http://127.0.0.1:7700).
+    /// endpoint_url, else https://127.0.0.1:7700).
     #[arg(long)]
     pub endpoint_url: Option<String>,
 }
