@@ -90,6 +90,10 @@ pub struct SchedBenchArgs {
     /// port is plain and agents share connections (--agents-per-channel).
     #[arg(long)]
     pub tls: bool,
+    /// After the agents registered: SIGKILL the last server, start it again, and time until
+    /// every agent is connected again (with --tls: every reconnect a new TLS handshake).
+    #[arg(long)]
+    pub restart_server: bool,
     /// How long a simulated task stays PENDING before it reports RUNNING (ms).
     #[arg(long, default_value_t = 100)]
     pub start_delay_ms: u64,
@@ -905,7 +909,20 @@ async fn e2e_part(args: &SchedBenchArgs) -> anyhow::Result<E2eReport> {
         ps.push(p);
     }
     bench::wait_berth_voters(&mut ps, deadline).await?;
-    let res = e2e_run(args, &mut r, &mut ps, &token).await;
+    let respawn = |p: &Proc| {
+        bench::spawn_berth(
+            &exe,
+            ps_id(p),
+            &p.data,
+            &p.log,
+            p.api,
+            p.peer,
+            None,
+            args.fsync,
+            &extra,
+        )
+    };
+    let res = e2e_run(args, &mut r, &mut ps, &token, &respawn).await;
     for p in ps.iter_mut() {
         let _ = p.stop().await;
     }
@@ -922,11 +939,17 @@ async fn e2e_part(args: &SchedBenchArgs) -> anyhow::Result<E2eReport> {
     Ok(r)
 }
 
+/// The node id of a server the benchmark started (`berth node <id>`).
+fn ps_id(p: &Proc) -> u64 {
+    p.name.rsplit(' ').next().and_then(|i| i.parse().ok()).unwrap_or(1)
+}
+
 async fn e2e_run(
     args: &SchedBenchArgs,
     r: &mut E2eReport,
     ps: &mut [Proc],
     token: &str,
+    respawn: &dyn Fn(&Proc) -> anyhow::Result<Proc>,
 ) -> anyhow::Result<()> {
     let (n, total, services) = (r.instances, r.tasks, r.services);
     let stall = Duration::from_secs(args.stall_secs.max(5));
@@ -986,6 +1009,37 @@ async fn e2e_run(
             t.elapsed().as_secs_f64(),
             rate(n, t.elapsed())
         );
+        if args.restart_server {
+            let last = ps.len() - 1;
+            let before = stats.disconnects.load(Ordering::Relaxed);
+            let _ = ps[last].child.kill().await;
+            let _ = ps[last].child.wait().await;
+            let t = Instant::now();
+            ps[last] = respawn(&ps[last])?;
+            let restarted_deadline = t + Duration::from_secs(300);
+            // First every session of that server ends (with one server: all of them), then
+            // everyone is back.
+            let cut = n / ps.len();
+            while stats.disconnects.load(Ordering::Relaxed) - before < cut && t.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let low = stats.disconnects.load(Ordering::Relaxed) - before;
+            while stats.connected.load(Ordering::Relaxed) < n {
+                if Instant::now() > restarted_deadline {
+                    bail!("only {} of {n} agents reconnected within 300 s of the restart", stats.connected.load(Ordering::Relaxed));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let took = t.elapsed();
+            println!(
+                "  server {} killed (SIGKILL) and restarted: {} sessions were cut off, all {} agents connected again {:.2} s after the kill ({})",
+                last + 1,
+                thousands(low as u64),
+                thousands(n as u64),
+                took.as_secs_f64(),
+                if args.tls { "each a new mutual-TLS handshake" } else { "plain connections" }
+            );
+        }
         // Let the registrations settle before the idle figure.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let leader = leader_of(ps).await.unwrap_or(leader0);
