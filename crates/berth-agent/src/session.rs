@@ -69,7 +69,10 @@ async fn ensure_creds(
         })?,
     };
     if let Some(m) = current {
-        let expired = m.identity().map(|i| i.not_after <= now_unix()).unwrap_or(true);
+        let expired = m
+            .identity()
+            .map(|i| i.not_after <= now_unix())
+            .unwrap_or(true);
         if !expired {
             *creds.write().unwrap_or_else(|p| p.into_inner()) = Some(m.clone());
             return Ok(m);
@@ -88,7 +91,9 @@ async fn ensure_creds(
                 code: "AccessDenied".into(),
                 message: m,
             }),
-            berth_tls::join::JoinError::Retry(m) => SessionEnd::Retry(format!("join through {addr}: {m}")),
+            berth_tls::join::JoinError::Retry(m) => {
+                SessionEnd::Retry(format!("join through {addr}: {m}"))
+            }
         })?;
     let m = berth_tls::join::Material {
         bundle: resp.ca_bundle,
@@ -125,7 +130,9 @@ async fn renew_loop(
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
         // The certificate now (a reconnect may have joined anew meanwhile).
-        let Some(m) = creds.read().unwrap_or_else(|p| p.into_inner()).clone() else { continue };
+        let Some(m) = creds.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            continue;
+        };
         let Ok(id) = m.identity() else { continue };
         if !id.due_for_renewal(now_unix()) || id.not_after <= now_unix() {
             continue;
@@ -141,7 +148,9 @@ async fn renew_loop(
                     tracing::info!(server = addr, "renewed this machine's certificate");
                     *creds.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
                 }
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not save the renewed certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not save the renewed certificate")
+                }
             },
             Err(e) => {
                 tracing::warn!(server = addr, error = %format!("{e:#}"), "renewing this machine's certificate failed; trying again");
@@ -163,7 +172,12 @@ pub async fn run(
     let creds: Creds = Default::default();
     let shared_servers = Arc::new(std::sync::Mutex::new(servers.clone()));
     if let Some(tls) = &cfg.tls {
-        tokio::spawn(renew_loop(tls.clone(), creds.clone(), shared_servers.clone(), shutdown.clone()));
+        tokio::spawn(renew_loop(
+            tls.clone(),
+            creds.clone(),
+            shared_servers.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut idx = 0usize;
     let mut backoff = Duration::from_millis(250);
@@ -178,7 +192,15 @@ pub async fn run(
                 Some(tls) => Some(ensure_creds(tls, &creds, &addr, &cfg.hello).await?),
                 None => None,
             };
-            one_session(&engine, &addr, &cfg.hello, material.as_ref(), &registered, &mut servers).await
+            one_session(
+                &engine,
+                &addr,
+                &cfg.hello,
+                material.as_ref(),
+                &registered,
+                &mut servers,
+            )
+            .await
         };
         let res = tokio::select! {
             r = session => r,

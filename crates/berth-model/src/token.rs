@@ -34,7 +34,9 @@ impl TokenKind {
             "agent" => Ok(TokenKind::Agent),
             "lb" => Ok(TokenKind::Lb),
             "server" => Ok(TokenKind::Server),
-            other => Err(format!("token kind must be agent, lb or server, not '{other}'")),
+            other => Err(format!(
+                "token kind must be agent, lb or server, not '{other}'"
+            )),
         }
     }
 

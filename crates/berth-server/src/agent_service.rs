@@ -68,7 +68,11 @@ impl AgentSession for AgentSvc {
         let identity = match info.map(|i| i.peer) {
             Some(crate::cluster_port::Peer::Member(id)) => Some(id),
             Some(crate::cluster_port::Peer::Plain) => None,
-            _ => return Err(Status::permission_denied("agent sessions need an agent certificate")),
+            _ => {
+                return Err(Status::permission_denied(
+                    "agent sessions need an agent certificate",
+                ))
+            }
         };
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(256);

@@ -329,7 +329,8 @@ pub(crate) fn register_container_instance<R: KvRead + ?Sized>(
     };
     let join_token_id = match token {
         Some(t) if !rejoining(t) => {
-            if let Err(e) = crate::tokens::consume(st, t, berth_model::token::TokenKind::Agent, at)? {
+            if let Err(e) = crate::tokens::consume(st, t, berth_model::token::TokenKind::Agent, at)?
+            {
                 return Ok(err(ApiError::new(ErrorKind::AccessDeniedException, e)));
             }
             Some(t.to_string())

@@ -103,11 +103,16 @@ impl Client {
             let bundle_path = env("AWS_CA_BUNDLE")
                 .or_else(|| p_conf.get("ca_bundle").cloned())
                 .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-            let pem = std::fs::read_to_string(&bundle_path)
-                .with_context(|| format!("read the CA bundle {bundle_path} (AWS_CA_BUNDLE or the profile's ca_bundle)"))?;
+            let pem = std::fs::read_to_string(&bundle_path).with_context(|| {
+                format!(
+                    "read the CA bundle {bundle_path} (AWS_CA_BUNDLE or the profile's ca_bundle)"
+                )
+            })?;
             let mut cfg = rustls::ClientConfig::builder_with_provider(berth_tls::provider())
                 .with_safe_default_protocol_versions()?
-                .with_root_certificates(berth_tls::roots(&pem).with_context(|| format!("CA bundle {bundle_path}"))?)
+                .with_root_certificates(
+                    berth_tls::roots(&pem).with_context(|| format!("CA bundle {bundle_path}"))?,
+                )
                 .with_no_client_auth();
             cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
             Some(std::sync::Arc::new(cfg))
@@ -194,7 +199,11 @@ impl Client {
                 sender
             }
             Some(cfg) => {
-                let name = self.host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.host);
+                let name = self
+                    .host
+                    .rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or(&self.host);
                 let name = name.trim_start_matches('[').trim_end_matches(']');
                 let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
                     .with_context(|| format!("endpoint host {name}"))?;

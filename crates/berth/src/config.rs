@@ -281,7 +281,9 @@ impl ServerConfig {
         }
         let ca_cert_hash = match &self.ca_cert_hash {
             Some(h) if self.join.is_none() => {
-                errs.push(format!("ca-cert-hash {h} is for joining a cluster; it needs join"));
+                errs.push(format!(
+                    "ca-cert-hash {h} is for joining a cluster; it needs join"
+                ));
                 None
             }
             Some(h) => berth_tls::parse_ca_hash(h)
@@ -293,7 +295,10 @@ impl ServerConfig {
             errs.push("tls-cert and tls-key go together: give both, or neither for a certificate from the cluster CA".into());
         }
         if self.bench_plain_cluster_port && !self.api_insecure_http {
-            errs.push("the plain cluster port (a benchmark's comparison) goes with api-insecure-http".into());
+            errs.push(
+                "the plain cluster port (a benchmark's comparison) goes with api-insecure-http"
+                    .into(),
+            );
         }
         if self.api_insecure_http && self.tls_cert.is_some() {
             errs.push("api-insecure-http and tls-cert contradict each other".into());
@@ -301,7 +306,10 @@ impl ServerConfig {
         let cert_lifetime = match parse_duration(&self.cert_lifetime) {
             Ok(d) if d >= std::time::Duration::from_secs(10) => d,
             Ok(_) => {
-                errs.push(format!("cert-lifetime {} is too short (at least 10s)", self.cert_lifetime));
+                errs.push(format!(
+                    "cert-lifetime {} is too short (at least 10s)",
+                    self.cert_lifetime
+                ));
                 std::time::Duration::from_secs(7 * 86_400)
             }
             Err(e) => {

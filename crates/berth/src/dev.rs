@@ -178,7 +178,9 @@ pub async fn run(args: DevArgs, started: Instant) -> anyhow::Result<()> {
     out.push_str(&format!("  API endpoint:      {endpoint}\n"));
     out.push_str(&format!("  data dir:          {}\n", data_dir.display()));
     if let Some(b) = &ca_bundle {
-        out.push_str(&format!("  CA bundle:         {b}  (the profile's ca_bundle; elsewhere: AWS_CA_BUNDLE={b})\n"));
+        out.push_str(&format!(
+            "  CA bundle:         {b}  (the profile's ca_bundle; elsewhere: AWS_CA_BUNDLE={b})\n"
+        ));
     }
     out.push_str(&agent_line);
     out.push_str(&format!(

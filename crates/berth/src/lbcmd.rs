@@ -101,7 +101,9 @@ async fn credentials(args: &LbArgs, token: &str) -> anyhow::Result<Material> {
         if !expired {
             return Ok(m);
         }
-        tracing::warn!("berth lb: this node's certificate has expired; joining again with the token");
+        tracing::warn!(
+            "berth lb: this node's certificate has expired; joining again with the token"
+        );
     }
     if token.is_empty() {
         anyhow::bail!("berth lb needs --join-token (an lb token: berth token create --kind lb) to join the cluster");
@@ -115,7 +117,14 @@ async fn credentials(args: &LbArgs, token: &str) -> anyhow::Result<Material> {
     let mut delay = Duration::from_millis(200);
     loop {
         let server = &args.servers[i % args.servers.len()];
-        match berth_tls::join::join(server, token, pinned.as_deref(), Joining::Lb { name: host_name() }).await {
+        match berth_tls::join::join(
+            server,
+            token,
+            pinned.as_deref(),
+            Joining::Lb { name: host_name() },
+        )
+        .await
+        {
             Ok((resp, key)) => {
                 let m = Material {
                     bundle: resp.ca_bundle,
@@ -123,7 +132,11 @@ async fn credentials(args: &LbArgs, token: &str) -> anyhow::Result<Material> {
                     key,
                 };
                 m.save(&dir, "lb")?;
-                tracing::info!(server, "berth lb: joined the cluster; certificate in {}", dir.display());
+                tracing::info!(
+                    server,
+                    "berth lb: joined the cluster; certificate in {}",
+                    dir.display()
+                );
                 return Ok(m);
             }
             Err(JoinError::Refused(m)) => anyhow::bail!("the cluster refused this lb node: {m}"),
@@ -211,7 +224,11 @@ pub async fn run(args: LbArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--idle-timeout: {e}"))?;
     let token = args.join_token.clone().unwrap_or_default();
     let token: Creds = Arc::new(RwLock::new(credentials(&args, &token).await?));
-    tokio::spawn(renew_loop(args.servers.clone(), args.data_dir.join("tls"), token.clone()));
+    tokio::spawn(renew_loop(
+        args.servers.clone(),
+        args.data_dir.join("tls"),
+        token.clone(),
+    ));
     let lb = berth_lb::Lb::new(berth_lb::LbOptions {
         bind: args.bind,
         idle_timeout: idle,

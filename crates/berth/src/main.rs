@@ -433,7 +433,10 @@ impl Running {
     }
 }
 
-fn operator_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+fn operator_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let c = std::fs::read_to_string(cert).with_context(|| format!("read {}", cert.display()))?;
     let k = std::fs::read_to_string(key).with_context(|| format!("read {}", key.display()))?;
     berth_tls::api_server_config(&c, &k)
@@ -443,7 +446,11 @@ fn operator_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result
 /// is every interface), loopback, the host's name, the advertised cluster address, and
 /// `--api-san`.
 fn api_names(valid: &config::Valid) -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if !valid.api_addr.ip().is_unspecified() {
         names.push(valid.api_addr.ip().to_string());
     }
@@ -455,7 +462,11 @@ fn api_names(valid: &config::Valid) -> Vec<String> {
     }
     if let Some(a) = &valid.cfg.advertise_raft_addr {
         if let Some((host, _)) = a.rsplit_once(':') {
-            names.push(host.trim_start_matches('[').trim_end_matches(']').to_string());
+            names.push(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            );
         }
     }
     if !valid.raft_addr.ip().is_unspecified() {
@@ -505,7 +516,11 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         &cfg.data_dir,
         cfg.node_id,
         // Plain (a benchmark's comparison): nothing to join over TLS; the CA made here is unused.
-        if cfg.bench_plain_cluster_port { None } else { plan },
+        if cfg.bench_plain_cluster_port {
+            None
+        } else {
+            plan
+        },
         berth_server::pki::Lifetimes {
             member: valid.cert_lifetime,
             ..Default::default()
@@ -595,11 +610,21 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
             berth_tls::write_private(&dir.join("api.key"), &key)?;
             berth_tls::write_public(&dir.join("api.pem"), &cert)?;
             let chain = format!("{cert}{}", pki.ca_cert_pem());
-            (Some(berth_server::http::ApiTls::new(berth_tls::api_server_config(&chain, &key)?)), None)
+            (
+                Some(berth_server::http::ApiTls::new(
+                    berth_tls::api_server_config(&chain, &key)?,
+                )),
+                None,
+            )
         }
     };
     let api_scheme = if api_tls.is_some() { "https" } else { "http" };
-    let api_task = tokio::spawn(berth_server::http::serve(listener, front, shutdown_rx, api_tls));
+    let api_task = tokio::spawn(berth_server::http::serve(
+        listener,
+        front,
+        shutdown_rx,
+        api_tls,
+    ));
     let hash = pki.ca_hash();
     let bundle = pki.bundle_path();
     tracing::info!(
@@ -612,7 +637,10 @@ pub async fn start_server(valid: config::Valid, started: Instant) -> anyhow::Res
         "berth server listening"
     );
     if first_start && cfg.join.is_none() {
-        let raft = cfg.advertise_raft_addr.clone().unwrap_or_else(|| cfg.raft_addr.clone());
+        let raft = cfg
+            .advertise_raft_addr
+            .clone()
+            .unwrap_or_else(|| cfg.raft_addr.clone());
         let token_hint = match &cfg.join_token {
             Some(_) => "<the --join-token>".to_string(),
             None => format!("$(cat {})", cfg.data_dir.join("join-token").display()),

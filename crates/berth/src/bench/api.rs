@@ -417,7 +417,12 @@ struct Ctx {
 
 /// Starts an n-node berth cluster; records node 1's spawn→healthz and the
 /// spawn→all-voters time.
-async fn start_berth(ctx: &mut Ctx, n: usize, dir: &Path, extra: &[String]) -> anyhow::Result<Vec<Proc>> {
+async fn start_berth(
+    ctx: &mut Ctx,
+    n: usize,
+    dir: &Path,
+    extra: &[String],
+) -> anyhow::Result<Vec<Proc>> {
     std::fs::create_dir_all(dir)?;
     let ports = free_ports(2 * n)?;
     let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -490,7 +495,9 @@ fn remove_dir(ctx: &Ctx, dir: &Path) {
 /// One berth topology under load. `plain`: without TLS on the cluster port, to show what
 /// mutual TLS costs on the write path (the default run has it on).
 async fn berth_topology(ctx: &mut Ctx, n: usize, plain: bool) -> anyhow::Result<f64> {
-    let dir = ctx.root.join(format!("berth-{n}{}", if plain { "-plain" } else { "" }));
+    let dir = ctx
+        .root
+        .join(format!("berth-{n}{}", if plain { "-plain" } else { "" }));
     let extra: Vec<String> = if plain {
         vec!["--bench-plain-cluster-port".into()]
     } else {

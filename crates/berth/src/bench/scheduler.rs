@@ -870,7 +870,10 @@ async fn e2e_part(args: &SchedBenchArgs) -> anyhow::Result<E2eReport> {
         println!("  cluster port: mutual TLS; each agent joins for its certificate and has its own connection");
     } else {
         extra.push("--bench-plain-cluster-port".into());
-        println!("  cluster port: plain (no --tls); agents share connections, {} per channel", args.agents_per_channel);
+        println!(
+            "  cluster port: plain (no --tls); agents share connections, {} per channel",
+            args.agents_per_channel
+        );
     }
     if args.raft_heartbeat_ms > 0 {
         let hb = args.raft_heartbeat_ms;
@@ -941,7 +944,11 @@ async fn e2e_part(args: &SchedBenchArgs) -> anyhow::Result<E2eReport> {
 
 /// The node id of a server the benchmark started (`berth node <id>`).
 fn ps_id(p: &Proc) -> u64 {
-    p.name.rsplit(' ').next().and_then(|i| i.parse().ok()).unwrap_or(1)
+    p.name
+        .rsplit(' ')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(1)
 }
 
 async fn e2e_run(

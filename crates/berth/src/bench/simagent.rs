@@ -418,7 +418,8 @@ impl Fleet {
         for i in 0..count {
             if cfg.tls {
                 let server = servers[i % servers.len()].clone();
-                let (cfg, stats, hellos, rx) = (cfg.clone(), stats.clone(), hellos.clone(), rx.clone());
+                let (cfg, stats, hellos, rx) =
+                    (cfg.clone(), stats.clone(), hellos.clone(), rx.clone());
                 handles.push(tokio::spawn(async move {
                     let hello = hello(&cfg, i);
                     let ch = loop {
@@ -438,7 +439,11 @@ impl Fleet {
                         };
                         match joined {
                             Ok((resp, key)) => {
-                                let m = berth_tls::join::Material { bundle: resp.ca_bundle, cert: resp.cert, key };
+                                let m = berth_tls::join::Material {
+                                    bundle: resp.ca_bundle,
+                                    cert: resp.cert,
+                                    key,
+                                };
                                 match m.channel(&server) {
                                     Ok(ch) => break ch,
                                     Err(e) => stats.error(format!("{}: {e:#}", hello.instance_id)),
