@@ -231,37 +231,41 @@ async fn admit_by_cert(
 
 /// Without TLS (benchmarks): the Hello carries the join token.
 fn admit_by_token(node: &ServerNode, peer: &str, hello: &Hello) -> Result<String, SessionError> {
-    let settings = &node.agent_settings;
+    agent_token(node, &hello.cluster, &hello.instance_id, &hello.join_token).map_err(|reason| {
+        tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %reason, "agent refused");
+        err("AccessDenied", reason)
+    })
+}
+
+/// Whether `token` admits the agent of instance `instance` of `cluster` (a new machine
+/// within the token's limits, or a registered one with the token it joined with), and it is
+/// not deregistered; answers the admitting token's id, or why not. The token is checked
+/// first, so a stranger learns nothing about the instance.
+pub(crate) fn agent_token(
+    node: &ServerNode,
+    cluster: &str,
+    instance: &str,
+    token: &str,
+) -> Result<String, String> {
     let registered = node
         .reader
-        .container_instance(&hello.cluster, &hello.instance_id)
+        .container_instance(cluster, instance)
         .ok()
         .flatten();
-    let token_id = match berth_store::tokens::check_presented(
+    let token_id = berth_store::tokens::check_presented(
         &node.reader,
-        settings.join_token.as_deref(),
-        &hello.join_token,
+        node.agent_settings.join_token.as_deref(),
+        token,
         TokenKind::Agent,
         now_secs(),
         registered
             .as_ref()
             .filter(|ci| ci.status() != "INACTIVE")
             .map(berth_store::tokens::joined_with),
-    ) {
-        Ok(id) => id,
-        Err(refusal) => {
-            tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %refusal, "agent refused");
-            return Err(err("AccessDenied", refusal.to_string()));
-        }
-    };
-    // Only then (to a machine holding a good token): a deregistered instance stays out.
-    if registered
-        .as_ref()
-        .is_some_and(|ci| ci.status() == "INACTIVE")
-    {
-        let reason = berth_store::tasks::deregistered_message(&hello.cluster, &hello.instance_id);
-        tracing::warn!(peer, cluster = hello.cluster, instance_id = hello.instance_id, reason = %reason, "agent refused");
-        return Err(err("AccessDenied", reason));
+    )
+    .map_err(|r| r.to_string())?;
+    if registered.is_some_and(|ci| ci.status() == "INACTIVE") {
+        return Err(berth_store::tasks::deregistered_message(cluster, instance));
     }
     Ok(token_id)
 }

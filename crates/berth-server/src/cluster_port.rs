@@ -468,35 +468,15 @@ impl Edge {
             );
         }
         let node = &self.node;
-        let registered = node
-            .reader
-            .container_instance(&hello.cluster, &hello.instance_id)
-            .ok()
-            .flatten();
-        let token_id = match berth_store::tokens::check_presented(
-            &node.reader,
-            node.agent_settings.join_token.as_deref(),
+        let token_id = match crate::agent_service::agent_token(
+            node,
+            &hello.cluster,
+            &hello.instance_id,
             token,
-            TokenKind::Agent,
-            now_secs(),
-            registered
-                .as_ref()
-                .filter(|ci| ci.status() != "INACTIVE")
-                .map(berth_store::tokens::joined_with),
         ) {
             Ok(id) => id,
-            Err(r) => return denied(peer, "agent join", r),
+            Err(why) => return denied(peer, "agent join", why),
         };
-        if registered
-            .as_ref()
-            .is_some_and(|ci| ci.status() == "INACTIVE")
-        {
-            return denied(
-                peer,
-                "agent join",
-                berth_store::tasks::deregistered_message(&hello.cluster, &hello.instance_id),
-            );
-        }
         hello.join_token = String::new();
         let resp = node
             .write(Command::RegisterContainerInstance {

@@ -364,21 +364,7 @@ fn load_or_create_join_token(data_dir: &std::path::Path) -> anyhow::Result<Strin
         .take(40)
         .map(char::from)
         .collect();
-    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-    let tmp = data_dir.join(".join-token.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    berth_tls::write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "generated the agent join token; agents join with --join-token $(cat {})", path.display());
     Ok(token)
 }
